@@ -1,0 +1,143 @@
+"""Celery integration: the seed's task metrics from Celery's signals, plus the contrib tracer.
+
+Where each metric moves:
+
+* ``celery_tasks_received_total``: ``task_received``, in the worker's main process,
+  when it accepts a delivery from the broker;
+* ``celery_tasks_succeeded_total`` / ``_failed_total`` / ``_retried_total`` and
+  ``celery_task_duration_seconds``: ``task_postrun``, by the state Celery reports, in
+  the process that ran the task (a prefork child);
+* ``celery_tasks_revoked_total``: ``task_revoked``;
+* ``celery_task_queue_wait_seconds``: ``task_prerun``, from the publish time a
+  publisher running otel-agensium put in the message headers.
+
+Spans come from the contrib ``CeleryInstrumentor``. Our ``task_postrun`` handler is
+connected before the instrumentor's so the run span is still current when the
+duration is recorded (the histogram's exemplar then points at the task's trace), and
+our ``task_prerun`` handler after it, so the span it annotates already exists.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import signals
+from opentelemetry import trace
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
+from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
+from opentelemetry.trace import TracerProvider
+
+from ..errors import guarded
+from .metrics import TaskMetrics
+from .utils import SENT_AT_HEADER, BoundedLabels, queue_of
+
+TASK_ID_ATTRIBUTE = "celery.task_id"
+TASK_NAME_ATTRIBUTE = "celery.task_name"
+MAX_ARGS_REPR = 1024
+
+
+class CeleryIntegration:
+    """Connects the signal handlers; ``uninstall()`` disconnects exactly what ``install()`` did."""
+
+    def __init__(
+        self,
+        meter_provider: MeterProvider | None,
+        tracer_provider: TracerProvider | None,
+        max_task_names: int,
+        flush: Callable[[], Any],
+        record_task_args: bool = False,
+    ) -> None:
+        self.metrics = TaskMetrics.create(meter_provider) if meter_provider is not None else None
+        self.tracer_provider = tracer_provider
+        self.labels = BoundedLabels(max_task_names)
+        self.record_task_args = record_task_args
+        self._flush = flush
+        self._started: dict[str, float] = {}
+        self._instrumentor: CeleryInstrumentor | None = None
+        self._connected: list[tuple[Any, Callable[..., Any]]] = []
+
+    # -- install / uninstall -------------------------------------------------------
+    def install(self) -> None:
+        self._connect(signals.before_task_publish, self._on_before_publish)
+        self._connect(signals.task_received, self._on_received)
+        self._connect(signals.task_postrun, self._on_postrun)  # before the instrumentor's
+        self._connect(signals.task_revoked, self._on_revoked)
+        self._connect(signals.worker_process_shutdown, self._on_process_shutdown)
+        self._connect(signals.worker_shutdown, self._on_process_shutdown)
+        if self.tracer_provider is not None:
+            self._instrumentor = CeleryInstrumentor()
+            # Our own duration histogram replaces the instrumentor's flower.* metric.
+            self._instrumentor.instrument(tracer_provider=self.tracer_provider, meter_provider=NoOpMeterProvider())
+        self._connect(signals.task_prerun, self._on_prerun)  # after the instrumentor's
+
+    def uninstall(self) -> None:
+        for signal, handler in self._connected:
+            signal.disconnect(handler)
+        self._connected.clear()
+        if self._instrumentor is not None:
+            self._instrumentor.uninstrument()
+            self._instrumentor = None
+
+    def _connect(self, signal: Any, handler: Callable[..., Any]) -> None:
+        signal.connect(handler, weak=False)
+        self._connected.append((signal, handler))
+
+    # -- signal handlers -------------------------------------------------------------
+    @guarded
+    def _on_before_publish(self, headers: dict | None = None, **_: Any) -> None:
+        if headers is not None and SENT_AT_HEADER not in headers:
+            headers[SENT_AT_HEADER] = time.time()
+
+    @guarded
+    def _on_received(self, request: Any = None, **_: Any) -> None:
+        if self.metrics is not None and request is not None:
+            self.metrics.received.add(1, self.labels.attributes(request.name, queue_of(request.delivery_info)))
+
+    @guarded
+    def _on_prerun(self, task_id: str | None = None, task: Any = None, args: Any = None,
+                   kwargs: Any = None, **_: Any) -> None:
+        if task_id is None or task is None:
+            return
+        self._started[task_id] = time.perf_counter()
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute(TASK_ID_ATTRIBUTE, task_id)
+            span.set_attribute(TASK_NAME_ATTRIBUTE, task.name)
+            if self.record_task_args:
+                span.set_attribute("celery.args", repr(args)[:MAX_ARGS_REPR])
+                span.set_attribute("celery.kwargs", repr(kwargs)[:MAX_ARGS_REPR])
+        if self.metrics is not None:
+            sent_at = getattr(task.request, SENT_AT_HEADER, None)
+            if isinstance(sent_at, (int, float)):
+                attrs = self.labels.attributes(task.name, queue_of(task.request.delivery_info))
+                self.metrics.queue_wait.record(max(0.0, time.time() - sent_at), attrs)
+
+    @guarded
+    def _on_postrun(self, task_id: str | None = None, task: Any = None, state: str | None = None,
+                    **_: Any) -> None:
+        started = self._started.pop(task_id, None) if task_id is not None else None
+        if self.metrics is None or task is None:
+            return
+        attrs = self.labels.attributes(task.name, queue_of(task.request.delivery_info))
+        if state == "SUCCESS":
+            self.metrics.succeeded.add(1, attrs)
+        elif state == "FAILURE":
+            self.metrics.failed.add(1, attrs)
+        elif state == "RETRY":
+            self.metrics.retried.add(1, attrs)
+            return
+        else:
+            return
+        if started is not None:
+            self.metrics.duration.record(time.perf_counter() - started, attrs)
+
+    @guarded
+    def _on_revoked(self, request: Any = None, **_: Any) -> None:
+        if self.metrics is not None and request is not None:
+            self.metrics.revoked.add(1, self.labels.attributes(request.name, queue_of(request.delivery_info)))
+
+    @guarded
+    def _on_process_shutdown(self, **_: Any) -> None:
+        self._flush()

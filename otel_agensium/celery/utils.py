@@ -1,0 +1,66 @@
+"""Pure helpers for the Celery integration: no signals, no broker, testable alone."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+OTHER = "other"
+UNKNOWN_QUEUE = "unknown"
+MAX_LABEL_LENGTH = 200
+# Header set by the publisher (before_task_publish) so the worker can measure queue wait.
+SENT_AT_HEADER = "agensium_sent_at"
+
+
+def queue_of(delivery_info: Mapping[str, Any] | None) -> str:
+    """The queue a message was delivered from.
+
+    With Celery's default direct routing the routing key is the queue name, on Redis
+    and on RabbitMQ; ``task.queue`` is not used because it is usually unset.
+    """
+    if not delivery_info:
+        return UNKNOWN_QUEUE
+    queue = delivery_info.get("routing_key") or delivery_info.get("queue")
+    return str(queue) if queue else UNKNOWN_QUEUE
+
+
+class BoundedLabels:
+    """Attribute dicts for (task_name, queue), at most ``limit`` distinct task names.
+
+    Names past the limit, over-long names and names that are not printable are
+    reported as ``other``, so a hostile or buggy producer cannot grow the number of
+    series without bound. The dicts are cached: building one per task costs more
+    than the counter update itself.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._names: set[str] = set()
+        self._attrs: dict[tuple[str, str], dict[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def task_name(self, name: str | None) -> str:
+        if not name:
+            return OTHER
+        if name in self._names:
+            return name
+        if len(name) > MAX_LABEL_LENGTH or not name.isprintable():
+            return OTHER
+        with self._lock:
+            if len(self._names) >= self.limit:
+                return OTHER
+            self._names.add(name)
+        return name
+
+    def attributes(self, task_name: str | None, queue: str) -> dict[str, str]:
+        key = (task_name or "", queue)
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            name = self.task_name(task_name)
+            if len(queue) > MAX_LABEL_LENGTH or not queue.isprintable():
+                queue = OTHER
+            attrs = {"task_name": name, "queue": queue}
+            if name != OTHER or len(self._attrs) < 4 * self.limit:
+                self._attrs[key] = attrs
+        return attrs

@@ -1,0 +1,54 @@
+"""The ``otel-agensium`` command: ``check``, ``settings``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import settings as settings_module
+
+
+def _check(_: argparse.Namespace) -> int:
+    problems = settings_module.check()
+    for line in problems:
+        print(line)
+    if not problems:
+        print(f"ok: {len(settings_module.SETTINGS)} settings valid")
+    return 1 if problems else 0
+
+
+def _settings(_: argparse.Namespace) -> int:
+    for s in settings_module.SETTINGS:
+        default = "<none>" if s.default in (None, {}) else s.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        print(f"{s.env:36} default={default!s:24} {s.doc}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run(broker=args.broker, tasks=args.tasks, otlp=args.otlp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="otel-agensium", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check", help="validate every setting; one line per bad one, exit 1 if any").set_defaults(
+        func=_check
+    )
+    sub.add_parser("settings", help="list every setting with its variable and default").set_defaults(
+        func=_settings
+    )
+    demo = sub.add_parser("demo", help="run tasks through an in-process worker and print the telemetry")
+    demo.add_argument("--broker", default="memory://", help="broker URL (default: in-memory)")
+    demo.add_argument("--tasks", type=int, default=20, help="tasks to run (default 20)")
+    demo.add_argument("--otlp", action="store_true", help="also export over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT)")
+    demo.set_defaults(func=_demo)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

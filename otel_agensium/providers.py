@@ -1,0 +1,263 @@
+"""Tracer, meter and logger providers, their exporters, and what happens to them at fork.
+
+Prefork pools (Celery's default) fork children from a parent that already holds the
+SDK's providers. The SDK restarts its export threads in the child and gives the child
+its own ``service.instance.id``; this module adds the two things it does not do:
+
+* exporters are created per process (an HTTP connection pool inherited from the
+  parent shares sockets with it), see :class:`_PerProcessExporter`;
+* the child's metric state starts empty: otherwise every child would re-export the
+  parent's cumulative counts under its own identity and Prometheus would count
+  them twice, see :func:`_reset_metric_state_after_fork`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider, sampling
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from .settings import Settings
+from .version import __version__
+
+_log = logging.getLogger("otel_agensium")
+
+# One warning per minute at most when an export fails (endpoint down, refused, ...).
+_WARN_EVERY_SECONDS = 60.0
+
+
+class _ExportFailures:
+    """Counts failed exports and logs at most one warning a minute."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self._last_warning = 0.0
+        self._lock = threading.Lock()
+
+    def record(self, signal: str, endpoint: str) -> None:
+        with self._lock:
+            self.failed += 1
+            now = time.monotonic()
+            if now - self._last_warning < _WARN_EVERY_SECONDS:
+                return
+            self._last_warning = now
+        _log.warning(
+            "otel-agensium: %s export to %s failed (%d failed exports so far); "
+            "telemetry is dropped until it recovers, the application is not affected",
+            signal, endpoint, self.failed,
+        )
+
+
+EXPORT_FAILURES = _ExportFailures()
+
+
+class _PerProcessExporter:
+    """Creates the wrapped exporter lazily, once per process id."""
+
+    def __init__(self, factory: Callable[[], Any], signal: str, endpoint: str) -> None:
+        self._factory = factory
+        self._signal = signal
+        self._endpoint = endpoint
+        self._pid = -1
+        self._inner: Any = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Any:
+        pid = os.getpid()
+        if self._pid != pid:
+            with self._lock:
+                if self._pid != pid:
+                    self._inner = self._factory()
+                    self._pid = pid
+        return self._inner
+
+    def _failed(self) -> None:
+        EXPORT_FAILURES.record(self._signal, self._endpoint)
+
+    def _shutdown_inner(self) -> None:
+        if self._inner is not None and self._pid == os.getpid():
+            self._inner.shutdown()
+
+
+class PerProcessSpanExporter(_PerProcessExporter, SpanExporter):
+    def export(self, spans):  # type: ignore[override]
+        try:
+            result = self._get().export(spans)
+        except Exception:  # noqa: BLE001 - telemetry never raises into the app
+            result = SpanExportResult.FAILURE
+        if result is not SpanExportResult.SUCCESS:
+            self._failed()
+        return result
+
+    def shutdown(self) -> None:
+        self._shutdown_inner()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class PerProcessMetricExporter(_PerProcessExporter, MetricExporter):
+    def __init__(self, factory: Callable[[], Any], signal: str, endpoint: str) -> None:
+        _PerProcessExporter.__init__(self, factory, signal, endpoint)
+        probe = factory()  # temporality/aggregation preferences come from the real exporter
+        MetricExporter.__init__(
+            self,
+            preferred_temporality=probe._preferred_temporality,
+            preferred_aggregation=probe._preferred_aggregation,
+        )
+        self._inner, self._pid = probe, os.getpid()
+
+    def export(self, metrics_data, timeout_millis: float = 10_000, **kwargs):  # type: ignore[override]
+        try:
+            result = self._get().export(metrics_data, timeout_millis=timeout_millis)
+        except Exception:  # noqa: BLE001
+            result = MetricExportResult.FAILURE
+        if result is not MetricExportResult.SUCCESS:
+            self._failed()
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs) -> None:
+        self._shutdown_inner()
+
+
+def build_resource(settings: Settings) -> Resource:
+    """service.name, service.version, deployment.environment.name and service.instance.id.
+
+    ``Resource.create`` adds a random ``service.instance.id`` and reads
+    ``OTEL_RESOURCE_ATTRIBUTES``; the SDK renews the instance id in forked children.
+    """
+    return Resource.create(
+        {
+            "service.name": settings.service_name,
+            "service.version": settings.service_version,
+            "deployment.environment.name": settings.environment,
+            "telemetry.distro.name": "otel-agensium",
+            "telemetry.distro.version": __version__,
+        }
+    )
+
+
+def build_sampler(settings: Settings) -> sampling.Sampler:
+    ratio = settings.sampler_arg
+    return {
+        "always_on": lambda: sampling.ALWAYS_ON,
+        "always_off": lambda: sampling.ALWAYS_OFF,
+        "traceidratio": lambda: sampling.TraceIdRatioBased(ratio),
+        "parentbased_always_on": lambda: sampling.ParentBased(sampling.ALWAYS_ON),
+        "parentbased_always_off": lambda: sampling.ParentBased(sampling.ALWAYS_OFF),
+        "parentbased_traceidratio": lambda: sampling.ParentBased(sampling.TraceIdRatioBased(ratio)),
+    }[settings.sampler]()
+
+
+def _otlp_url(settings: Settings, signal_path: str) -> str:
+    return f"{settings.endpoint}/v1/{signal_path}"
+
+
+def _grpc_endpoint(settings: Settings) -> str:
+    return settings.endpoint
+
+
+def span_exporter(settings: Settings) -> SpanExporter:
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+
+        return PerProcessSpanExporter(
+            lambda: Grpc(endpoint=_grpc_endpoint(settings), headers=settings.headers), "span", settings.endpoint
+        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    url = _otlp_url(settings, "traces")
+    return PerProcessSpanExporter(lambda: OTLPSpanExporter(endpoint=url, headers=settings.headers), "span", url)
+
+
+def metric_exporter(settings: Settings) -> MetricExporter:
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
+
+        return PerProcessMetricExporter(
+            lambda: Grpc(endpoint=_grpc_endpoint(settings), headers=settings.headers),
+            "metric", settings.endpoint,
+        )
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+    url = _otlp_url(settings, "metrics")
+    return PerProcessMetricExporter(
+        lambda: OTLPMetricExporter(endpoint=url, headers=settings.headers), "metric", url
+    )
+
+
+def build_tracer_provider(settings: Settings, resource: Resource) -> TracerProvider:
+    provider = TracerProvider(resource=resource, sampler=build_sampler(settings))
+    if settings.otlp:
+        # Bounded queue: when the endpoint is down, spans beyond it are dropped, never buffered.
+        provider.add_span_processor(
+            BatchSpanProcessor(span_exporter(settings), max_queue_size=2048, max_export_batch_size=512)
+        )
+    return provider
+
+
+def build_meter_provider(
+    settings: Settings, resource: Resource, extra_readers: list[MetricReader]
+) -> MeterProvider:
+    readers = list(extra_readers)
+    if settings.otlp:
+        readers.append(
+            PeriodicExportingMetricReader(
+                metric_exporter(settings), export_interval_millis=settings.metric_export_interval
+            )
+        )
+    return MeterProvider(resource=resource, metric_readers=readers)
+
+
+def prometheus_reader(settings: Settings) -> MetricReader | None:
+    """A pull endpoint for single-process apps (a web app, a solo-pool worker)."""
+    if not settings.prometheus_port:
+        return None
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import REGISTRY, start_http_server
+
+    class _PullReader(PrometheusMetricReader):
+        # A pull reader has nothing to flush; collecting here would queue a second
+        # copy of every series for the next scrape, which Prometheus rejects.
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+    reader = _PullReader()
+    start_http_server(settings.prometheus_port, addr=settings.prometheus_host, registry=REGISTRY)
+    return reader
+
+
+def reset_metric_state_after_fork(provider: MeterProvider) -> None:
+    """Forget the cumulative state a forked child inherited from its parent.
+
+    The SDK keeps per-instrument aggregations in each reader's storage; a child that
+    kept them would export the parent's counts again under its own
+    ``service.instance.id``. Storage entries are created lazily on the next
+    measurement, so dropping them gives the child a clean start.
+    """
+    try:
+        consumer = provider._measurement_consumer  # noqa: SLF001
+        for storage in consumer._reader_storages.values():  # noqa: SLF001
+            storage._instrument_view_instrument_matches = {}  # noqa: SLF001
+    except AttributeError:  # an SDK whose internals moved: say so once, keep running
+        _log.warning(
+            "otel-agensium: cannot reset metric state after fork with this opentelemetry-sdk; "
+            "forked children may repeat their parent's counts"
+        )

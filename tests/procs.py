@@ -1,0 +1,139 @@
+"""Real processes for the tests: redis-server, Celery workers, uvicorn. Free ports, bounded waits."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Proc:
+    """A subprocess in its own session whose output is collected by a thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, name: str = "proc") -> None:
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.name = name
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if len(self.lines) < 200_000:
+                self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in list(self.lines)):
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.output[-4000:]}")
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name}: no line with {text!r} within {timeout}s:\n{self.output[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._reader.join(5)
+        return self.proc.returncode
+
+
+class RedisServer:
+    def __init__(self, password: str | None = None) -> None:
+        self.port = free_port()
+        self.password = password
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = Proc(args, name="redis-server")
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("redis-server did not start:\n" + self.proc.output) from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(signal.SIGKILL, timeout=10)
+            self.proc = None
+
+
+def celery_worker(app: str, broker: str, otlp: str, queues: str, *, name: str, concurrency: int = 2,
+                  pool: str = "prefork", env: dict[str, str] | None = None,
+                  extra_args: list[str] | None = None) -> Proc:
+    args = [
+        str(BIN / "opentelemetry-instrument"), str(BIN / "celery"), "-A", app, "worker",
+        "--pool", pool, "--concurrency", str(concurrency), "-Q", queues, "-n", f"{name}@%h",
+        "--without-gossip", "--without-mingle", "--loglevel", "INFO", *(extra_args or []),
+    ]
+    worker_env = {
+        "TEST_BROKER_URL": broker,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
+        "OTEL_SERVICE_NAME": f"worker-{name}",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_BLRP_SCHEDULE_DELAY": "100",
+        "OTEL_PYTHON_DISTRO": "agensium",
+        "OTEL_PYTHON_CONFIGURATOR": "agensium",
+        **(env or {}),
+    }
+    proc = Proc(args, env=worker_env, name=f"worker {name}")
+    proc.wait_for_line("ready.", timeout=60)
+    return proc
+
+
+@contextlib.contextmanager
+def running(proc: Proc, sig: int = signal.SIGTERM) -> Iterator[Proc]:
+    try:
+        yield proc
+    finally:
+        proc.stop(sig)

@@ -1,0 +1,86 @@
+"""Settings: `otel-agensium check`, bad values in the environment and as configure() arguments, the demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import otel_agensium
+from otel_agensium import settings
+from tests.procs import BIN, ROOT
+
+CLI = str(BIN / "otel-agensium")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGENSIUM_"))}
+    return subprocess.run([CLI, *args], env={**clean, **(env or {})}, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_check_passes_on_defaults():
+    result = run_cli("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok:")
+
+
+def test_check_names_each_bad_setting_in_one_line():
+    result = run_cli("check", env={"OTEL_TRACES_SAMPLER": "sometimes", "AGENSIUM_MAX_TASK_NAMES": "-3"})
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("OTEL_TRACES_SAMPLER='sometimes' is invalid: expected one of always_on,")
+    assert lines[1].startswith("AGENSIUM_MAX_TASK_NAMES='-3' is invalid: expected an integer from 1 to 100000")
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_secret_values_are_not_echoed():
+    result = run_cli("check", env={"OTEL_EXPORTER_OTLP_HEADERS": "authorization"})
+    assert result.returncode == 1
+    assert "authorization" not in result.stdout
+    assert "<hidden>" in result.stdout
+
+
+def test_configure_argument_error_is_one_exception_type():
+    with pytest.raises(otel_agensium.ConfigurationError) as info:
+        otel_agensium.configure(sampler="sometimes")
+    assert "OTEL_TRACES_SAMPLER" in str(info.value) and "one of always_on" in str(info.value)
+    with pytest.raises(otel_agensium.ConfigurationError, match="unknown setting"):
+        otel_agensium.configure(no_such_setting=1)
+
+
+def test_strict_mode_refuses_bad_own_settings():
+    with pytest.raises(settings.ConfigurationError, match="AGENSIUM_METRICS"):
+        settings.load(environ={"AGENSIUM_STRICT": "true", "AGENSIUM_METRICS": "maybe"})
+    # Standard OTEL_* values follow the OTel spec even in strict mode: warn and use the default.
+    loaded = settings.load(environ={"AGENSIUM_STRICT": "true", "OTEL_METRIC_EXPORT_INTERVAL": "-5"})
+    assert loaded.metric_export_interval == 60000 and len(loaded.problems) == 1
+
+
+def test_demo_runs_prints_seed_metrics_and_trace_id_and_warns_once_on_bad_setting():
+    result = run_cli("demo", env={"AGENSIUM_MAX_TASK_NAMES": "lots"})
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "trace_id=" in out
+    trace_id = out.split("trace_id=")[1].split()[0]
+    assert len(trace_id) == 32 and int(trace_id, 16)
+    for name in ("celery_tasks_received_total{", "celery_tasks_succeeded_total{", "celery_tasks_failed_total{",
+                 "celery_tasks_retried_total{"):
+        assert name in out
+    assert 'celery_task_duration_seconds_bucket{le="1800"' in out
+    warnings = [line for line in result.stderr.splitlines() if "AGENSIUM_MAX_TASK_NAMES" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "Traceback" not in result.stderr.replace("ValueError: demo failure", "")
+
+
+def test_readme_lists_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    missing = [s.env for s in settings.SETTINGS if f"`{s.env}`" not in readme]
+    assert not missing
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__]))
