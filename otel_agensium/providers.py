@@ -239,7 +239,8 @@ def prometheus_reader(settings: Settings) -> MetricReader | None:
         def force_flush(self, timeout_millis: float = 10_000) -> bool:
             return True
 
-    reader = _PullReader()
+    # Without scope labels the series carry exactly the SPEC's labels (task_name, queue).
+    reader = _PullReader(scope_info_enabled=False)
     start_http_server(settings.prometheus_port, addr=settings.prometheus_host, registry=REGISTRY)
     return reader
 

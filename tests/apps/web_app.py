@@ -1,0 +1,22 @@
+"""A FastAPI app that enqueues tasks; configured with otel_agensium.configure() (settings from env)."""
+
+import otel_agensium
+
+otel_agensium.configure()
+
+from fastapi import FastAPI  # noqa: E402  (created after configure(), so it is instrumented)
+
+from tests.apps.tasks_app import incr  # noqa: E402
+
+app = FastAPI()
+
+
+@app.get("/hello")
+def hello():
+    return {"ok": True}
+
+
+@app.post("/enqueue")
+def enqueue():
+    result = incr.apply_async(queue="celery")
+    return {"task_id": result.id}
