@@ -82,7 +82,12 @@ def configure(**kwargs: Any) -> Handle:
             return _handle
         for line in settings.problems:
             _log.warning("otel-agensium: %s", line)
-        _handle = _build(settings)
+        try:
+            _handle = _build(settings)
+        except Exception as exc:  # noqa: BLE001 - never take the host down, never half-configured
+            _log.warning("otel-agensium: set-up failed (%s: %s); the application runs without telemetry",
+                         type(exc).__name__, exc)
+            _handle = Handle(load({"sdk_disabled": True}))
         return _handle
 
 
@@ -90,6 +95,16 @@ def _build(settings: Settings) -> Handle:
     handle = Handle(settings)
     if settings.sdk_disabled:
         return handle
+    try:
+        _build_into(handle)
+    except BaseException:
+        handle.shutdown()  # undo what was installed before the failure
+        raise
+    return handle
+
+
+def _build_into(handle: Handle) -> None:
+    settings = handle.settings
     resource = providers.build_resource(settings)
     if settings.traces:
         handle.tracer_provider = providers.build_tracer_provider(settings, resource)
@@ -108,7 +123,6 @@ def _build(settings: Settings) -> Handle:
         if handle.logger_provider is not None or settings.log_stdout or settings.log_file:
             handle.integrations.append(logs)
     _install_integrations(handle)
-    return handle
 
 
 def _install_integrations(handle: Handle) -> None:

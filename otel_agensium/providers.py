@@ -239,10 +239,14 @@ def prometheus_reader(settings: Settings) -> MetricReader | None:
         def force_flush(self, timeout_millis: float = 10_000) -> bool:
             return True
 
+    try:
+        start_http_server(settings.prometheus_port, addr=settings.prometheus_host, registry=REGISTRY)
+    except OSError as exc:  # port taken, address not local: the app runs on, without the endpoint
+        _log.warning("otel-agensium: AGENSIUM_PROMETHEUS_PORT=%s: cannot listen on %s (%s); pull endpoint off",
+                     settings.prometheus_port, settings.prometheus_host, exc.strerror or exc)
+        return None
     # Without scope labels the series carry exactly the SPEC's labels (task_name, queue).
-    reader = _PullReader(scope_info_enabled=False)
-    start_http_server(settings.prometheus_port, addr=settings.prometheus_host, registry=REGISTRY)
-    return reader
+    return _PullReader(scope_info_enabled=False)
 
 
 def reset_metric_state_after_fork(provider: MeterProvider) -> None:

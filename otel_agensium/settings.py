@@ -143,6 +143,16 @@ def _optional_url(*schemes: str) -> Callable[[Any], str | None]:
     return parse
 
 
+def _protocol(value: Any) -> str:
+    protocol = _choice(*PROTOCOLS)(value)
+    if protocol == "grpc":
+        import importlib.util
+
+        if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.grpc") is None:
+            raise ValueError("http/protobuf, or grpc once opentelemetry-exporter-otlp-proto-grpc is installed")
+    return protocol
+
+
 def _text(value: Any) -> str:
     text = str(value).strip()
     if not text or "\n" in text:
@@ -212,7 +222,7 @@ SETTINGS: tuple[Setting, ...] = (
         _url("http", "https"), "OTLP endpoint (base URL; /v1/traces etc. are added for HTTP).",
     ),
     Setting(
-        "protocol", "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", _choice(*PROTOCOLS),
+        "protocol", "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", _protocol,
         "OTLP protocol. HTTP is the default because the gRPC channel is not fork-safe.",
     ),
     Setting(
