@@ -54,6 +54,7 @@ def should_trace(command_args: tuple[Any, ...]) -> bool:
 
 
 def _call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], trace_it: bool) -> Any:
+    """Run a command or pipeline, with every Redis call nested in it suppressed unless ``trace_it``."""
     if trace_it:
         return wrapped(*args, **kwargs)
     token = context.attach(context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
@@ -64,7 +65,14 @@ def _call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], trace_it:
 
 
 def _execute_command(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return _call(wrapped, args, kwargs, should_trace(args))
+    if should_trace(args):
+        return wrapped(*args, **kwargs)
+    # A single command nests no other: skip the instrumentor's wrapper altogether, which is
+    # cheaper than attaching a suppression context (this runs for every broker poll and ack).
+    original = getattr(wrapped, "__wrapped__", None)
+    if original is not None:
+        return original(*args, **kwargs)
+    return _call(wrapped, args, kwargs, False)
 
 
 def _execute_pipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -1,0 +1,93 @@
+"""Throughput of a no-op task (one Redis INCR) through a real Redis broker and a real worker.
+
+Variants, alternated round by round in one run to cancel machine drift:
+  none              no instrumentation
+  plain-otel        SDK defaults + contrib Celery and Redis instrumentors, OTLP/HTTP to a live sink
+  agensium-full     opentelemetry-instrument + otel-agensium: traces, metrics, logs, 100% sampling
+  agensium-metrics  otel-agensium with traces and logs off
+
+Each run pre-fills the queue, starts the worker, and times the tasks done between the 10% and
+100% marks (start-up excluded). Prints tasks/s per variant (median of rounds), the ratio to
+``none``, and the time added per task.
+
+    python -m bench.celery_throughput [--tasks 3000] [--rounds 3] [--pool solo|prefork]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import redis
+
+from bench.common import BIN, VARIANTS, machine, median, otlp_sink, redis_server, spawn, stop, variant_env
+
+
+def publisher(broker: str):
+    """The uninstrumented publisher (this process): the bench app without any telemetry."""
+    import os
+
+    os.environ["BENCH_BROKER_URL"] = broker
+    os.environ.pop("BENCH_VARIANT", None)
+    from bench.app import app
+
+    app.conf.broker_url = broker
+    return app
+
+
+def one_run(variant: str, broker: str, endpoint: str, tasks: int, pool: str, concurrency: int) -> float:
+    client = redis.Redis.from_url(broker)
+    client.flushdb()
+    app = publisher(broker)
+    with app.producer_or_acquire() as producer:
+        for _ in range(tasks):
+            app.send_task("bench.incr", queue="bench", producer=producer)
+    prefix, env = variant_env(variant, endpoint)
+    worker = spawn([*prefix, str(BIN / "celery"), "-A", "bench.app", "worker", "-Q", "bench", "--pool", pool,
+                    "--concurrency", str(concurrency), "--without-gossip", "--without-mingle",
+                    "--without-heartbeat"], env={"BENCH_BROKER_URL": broker, **env})
+    try:
+        start_mark, deadline = tasks // 10, time.monotonic() + 300
+        t0 = None
+        while time.monotonic() < deadline:
+            done = int(client.get("bench:done") or 0)
+            now = time.perf_counter()
+            if t0 is None and done >= start_mark:
+                t0, d0 = now, done
+            if done >= tasks:
+                return (done - d0) / (now - t0)
+            time.sleep(0.002)
+        raise RuntimeError(f"{variant}: tasks did not finish in time")
+    finally:
+        stop(worker)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pool", default="solo", choices=["solo", "prefork"])
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    results: dict[str, list[float]] = {v: [] for v in variants}
+    with redis_server() as broker, otlp_sink() as endpoint:
+        for round_no in range(args.rounds):
+            order = variants if round_no % 2 == 0 else list(reversed(variants))
+            for variant in order:
+                results[variant].append(one_run(variant, broker, endpoint, args.tasks, args.pool, args.concurrency))
+                print(f"  round {round_no + 1} {variant:18} {results[variant][-1]:8.0f} tasks/s", flush=True)
+    base = median(results["none"]) if "none" in results else None
+    conc = "" if args.pool == "solo" else f" --concurrency {args.concurrency}"
+    print(f"\nCelery throughput, --pool {args.pool}{conc}, {args.tasks} tasks x {args.rounds} rounds; {machine()}")
+    print(f"{'variant':18} {'tasks/s':>9} {'ratio':>7} {'added/task':>11}")
+    for variant in variants:
+        tps = median(results[variant])
+        ratio = tps / base if base else float("nan")
+        added = (1 / tps - 1 / base) * 1e6 if base else float("nan")
+        print(f"{variant:18} {tps:9.0f} {ratio:7.2f} {added:9.0f}us")
+
+
+if __name__ == "__main__":
+    main()
