@@ -60,15 +60,18 @@ class Proc:
         raise AssertionError(f"{self.name}: no line with {text!r} within {timeout}s:\n{self.output[-4000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Signal the main process only (as Kubernetes or systemd KillMode=mixed do); kill the group on timeout."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
+                os.kill(self.proc.pid, sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # leftovers of the group (none after a clean exit)
         self._reader.join(5)
         return self.proc.returncode
 

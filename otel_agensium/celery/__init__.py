@@ -8,6 +8,11 @@ Where each metric moves:
   ``celery_task_duration_seconds``: ``task_postrun``, by the state Celery reports, in
   the process that ran the task (a prefork child);
 * ``celery_tasks_revoked_total``: ``task_revoked``;
+* ``celery_tasks_rejected_total``: ``task_unknown`` (unregistered names) and ``task_rejected``;
+* ``celery_task_exceptions_total`` and ``celery_task_time_limit_hits_total``: ``task_failure``.
+  When a prefork child dies mid-task (SIGKILL, hard time limit, out of memory) no
+  ``task_postrun`` runs; the main process sends ``task_failure`` with
+  ``WorkerLostError``/``TimeLimitExceeded`` and that is where the failure is counted;
 * ``celery_task_queue_wait_seconds``: ``task_prerun``, from the publish time a
   publisher running otel-agensium put in the message headers.
 
@@ -23,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from celery import signals
 from opentelemetry import trace
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
@@ -64,6 +70,9 @@ class CeleryIntegration:
         self._connect(signals.task_received, self._on_received)
         self._connect(signals.task_postrun, self._on_postrun)  # before the instrumentor's
         self._connect(signals.task_revoked, self._on_revoked)
+        self._connect(signals.task_unknown, self._on_unknown)
+        self._connect(signals.task_rejected, self._on_rejected)
+        self._connect(signals.task_failure, self._on_failure)
         self._connect(signals.worker_process_shutdown, self._on_process_shutdown)
         self._connect(signals.worker_shutdown, self._on_process_shutdown)
         if self.tracer_provider is not None:
@@ -137,6 +146,34 @@ class CeleryIntegration:
     def _on_revoked(self, request: Any = None, **_: Any) -> None:
         if self.metrics is not None and request is not None:
             self.metrics.revoked.add(1, self.labels.attributes(request.name, queue_of(request.delivery_info)))
+
+    @guarded
+    def _on_unknown(self, message: Any = None, name: str | None = None, **_: Any) -> None:
+        if self.metrics is not None:
+            queue = queue_of(getattr(message, "delivery_info", None))
+            attrs = self.labels.attributes(name, queue)
+            self.metrics.received.add(1, attrs)
+            self.metrics.rejected.add(1, attrs)
+
+    @guarded
+    def _on_rejected(self, message: Any = None, **_: Any) -> None:
+        if self.metrics is not None and message is not None:
+            headers = getattr(message, "headers", None) or {}
+            self.metrics.rejected.add(1, self.labels.attributes(headers.get("task"), queue_of(message.delivery_info)))
+
+    @guarded
+    def _on_failure(self, sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
+        if self.metrics is None or sender is None:
+            return
+        name = getattr(sender, "name", None)
+        attrs = self.labels.attributes(name, queue_of(getattr(sender.request, "delivery_info", None)))
+        if isinstance(exception, (WorkerLostError, TimeLimitExceeded)):
+            # Sent by the main process for a child that died: no task_postrun counts it.
+            self.metrics.failed.add(1, attrs)
+        self.metrics.exceptions.add(1, self.labels.exception_attributes(name, exception))
+        if isinstance(exception, (SoftTimeLimitExceeded, TimeLimitExceeded)):
+            limit = "soft" if isinstance(exception, SoftTimeLimitExceeded) else "hard"
+            self.metrics.time_limit_hits.add(1, {**attrs, "limit": limit})
 
     @guarded
     def _on_process_shutdown(self, **_: Any) -> None:

@@ -27,6 +27,9 @@ SUCCEEDED = "celery_tasks_succeeded"
 FAILED = "celery_tasks_failed"
 RETRIED = "celery_tasks_retried"
 REVOKED = "celery_tasks_revoked"
+REJECTED = "celery_tasks_rejected"
+EXCEPTIONS = "celery_task_exceptions"
+TIME_LIMIT_HITS = "celery_task_time_limit_hits"
 DURATION = "celery_task_duration_seconds"
 QUEUE_WAIT = "celery_task_queue_wait_seconds"
 QUEUE_LENGTH = "celery_queue_length"
@@ -40,6 +43,9 @@ class TaskMetrics:
     failed: Counter
     retried: Counter
     revoked: Counter
+    rejected: Counter
+    exceptions: Counter
+    time_limit_hits: Counter
     duration: Histogram
     queue_wait: Histogram
     meter: Meter
@@ -55,6 +61,15 @@ class TaskMetrics:
             failed=meter.create_counter(FAILED, description="Tasks that raised (retries excluded)."),
             retried=meter.create_counter(RETRIED, description="Tasks that asked to be retried."),
             revoked=meter.create_counter(REVOKED, description="Tasks revoked before they finished."),
+            rejected=meter.create_counter(
+                REJECTED, description="Deliveries the worker rejected: unregistered task names, Reject()."
+            ),
+            exceptions=meter.create_counter(
+                EXCEPTIONS, description="Task failures by exception type (task_name, exception; bounded)."
+            ),
+            time_limit_hits=meter.create_counter(
+                TIME_LIMIT_HITS, description="Soft and hard time limits hit (task_name, queue, limit)."
+            ),
             duration=meter.create_histogram(
                 DURATION,
                 unit="s",

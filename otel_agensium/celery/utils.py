@@ -37,6 +37,7 @@ class BoundedLabels:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._names: set[str] = set()
+        self._exceptions: set[str] = set()
         self._attrs: dict[tuple[str, str], dict[str, str]] = {}
         self._lock = threading.Lock()
 
@@ -53,6 +54,21 @@ class BoundedLabels:
             self._names.add(name)
         return name
 
+    def exception_attributes(self, task_name: str | None, exception: BaseException | None) -> dict[str, str]:
+        """(task_name, exception type name), at most ``limit`` distinct exception names."""
+        exc = type(exception).__name__ if exception is not None else "unknown"
+        key = (task_name or "", "\x00exc", exc)
+        attrs = self._attrs.get(key)  # type: ignore[arg-type]
+        if attrs is None:
+            with self._lock:
+                known = exc in self._exceptions or len(self._exceptions) < self.limit
+                if known:
+                    self._exceptions.add(exc)
+            attrs = {"task_name": self.task_name(task_name), "exception": exc if known else OTHER}
+            if len(self._attrs) < 4 * self.limit:
+                self._attrs[key] = attrs  # type: ignore[index]
+        return attrs
+
     def attributes(self, task_name: str | None, queue: str) -> dict[str, str]:
         key = (task_name or "", queue)
         attrs = self._attrs.get(key)
@@ -61,6 +77,6 @@ class BoundedLabels:
             if len(queue) > MAX_LABEL_LENGTH or not queue.isprintable():
                 queue = OTHER
             attrs = {"task_name": name, "queue": queue}
-            if name != OTHER or len(self._attrs) < 4 * self.limit:
+            if len(self._attrs) < 4 * self.limit:
                 self._attrs[key] = attrs
         return attrs
