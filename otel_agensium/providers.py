@@ -266,3 +266,40 @@ def reset_metric_state_after_fork(provider: MeterProvider) -> None:
             "otel-agensium: cannot reset metric state after fork with this opentelemetry-sdk; "
             "forked children may repeat their parent's counts"
         )
+
+
+# -- logs (the logs SDK is still under opentelemetry.sdk._logs) ---------------------------
+
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult  # noqa: E402
+
+
+class PerProcessLogExporter(_PerProcessExporter, LogRecordExporter):
+    """A LogRecordExporter created once per process id, like the span and metric exporters."""
+
+    def export(self, batch):  # type: ignore[override]
+        try:
+            result = self._get().export(batch)
+        except Exception:  # noqa: BLE001 - telemetry never raises into the app
+            result = LogRecordExportResult.FAILURE
+        if result is not LogRecordExportResult.SUCCESS:
+            self._failed()
+        return result
+
+    def shutdown(self) -> None:
+        self._shutdown_inner()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def log_exporter(settings: Settings) -> LogRecordExporter:
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as Grpc
+
+        return PerProcessLogExporter(
+            lambda: Grpc(endpoint=_grpc_endpoint(settings), headers=settings.headers), "log", settings.endpoint
+        )
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+    url = _otlp_url(settings, "logs")
+    return PerProcessLogExporter(lambda: OTLPLogExporter(endpoint=url, headers=settings.headers), "log", url)

@@ -47,3 +47,53 @@ def incr(key="agensium:test:counter"):
 def sleep(seconds=0.5):
     time.sleep(seconds)
     return seconds
+
+
+# -- logs (tests/test_logs.py) ---------------------------------------------------------------
+from celery import signals  # noqa: E402
+from celery.utils.log import get_task_logger  # noqa: E402
+
+task_log = get_task_logger("tasks_app.tasks")
+
+
+@app.task(name="t.log_sleep", bind=True)
+def log_sleep(self, seconds=1.0):
+    log.info("log_sleep before %s", self.request.id)
+    task_log.info("log_sleep task logger %s", self.request.id)
+    time.sleep(seconds)
+    log.info("log_sleep after %s", self.request.id, extra={"slept": seconds, "detail": {"k": [1, 2]}})
+    return self.request.id
+
+
+@app.task(name="t.log_fail")
+def log_fail():
+    log.info("log_fail about to raise")
+    raise ValueError("log boom")
+
+
+@app.task(name="t.log_bound")
+def log_bound(user_id):
+    from otel_agensium.logs import bind
+
+    with bind(user_id=user_id, agent="profile"):
+        log.info("log_bound inside")
+    log.info("log_bound outside")
+    return user_id
+
+
+@app.task(name="t.log_handlers")
+def log_handlers():
+    """Where this process's log records go: handler classes on root and on the task logger."""
+    from otel_agensium.logs import installed_handlers
+
+    ours = installed_handlers()
+
+    def names(logger):
+        return [("ours:" if h in ours else "") + f"{type(h).__module__}.{type(h).__name__}" for h in logger.handlers]
+
+    return {"root": names(logging.getLogger()), "celery.task": names(logging.getLogger("celery.task"))}
+
+
+@signals.worker_process_shutdown.connect
+def _log_child_exit(**_):
+    log.info("tasks_app child exiting")
