@@ -105,6 +105,8 @@ def _build(settings: Settings) -> Handle:
 
 def _build_into(handle: Handle) -> None:
     settings = handle.settings
+    if settings.otlp:
+        providers.quiet_exporter_logs()
     resource = providers.build_resource(settings)
     if settings.traces:
         handle.tracer_provider = providers.build_tracer_provider(settings, resource)

@@ -9,6 +9,7 @@ instrumentor. The Celery, Redis and FastAPI instrumentors are already set up by
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -38,8 +39,9 @@ class AgensiumConfigurator(_BaseConfigurator):
         try:
             configure()
         except ConfigurationError as exc:  # strict mode: refuse to start, in one line
-            print(f"otel-agensium: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+            print(f"otel-agensium: {exc}", file=sys.stderr, flush=True)
+            # We run inside sitecustomize, where SystemExit turns into a traceback: leave at once.
+            os._exit(2)
         except Exception:  # noqa: BLE001 - never take the host down
             _log.warning("otel-agensium: set-up failed; the application runs without telemetry",
                          exc_info=True)

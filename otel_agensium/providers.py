@@ -45,6 +45,7 @@ class _ExportFailures:
 
     def __init__(self) -> None:
         self.failed = 0
+        self.dropped = 0  # spans / log records the full batch queues dropped
         self._last_warning = 0.0
         self._lock = threading.Lock()
 
@@ -56,13 +57,44 @@ class _ExportFailures:
                 return
             self._last_warning = now
         _log.warning(
-            "otel-agensium: %s export to %s failed (%d failed exports so far); "
+            "otel-agensium: %s export to %s failed (%d failed exports, %d queued items dropped so far); "
             "telemetry is dropped until it recovers, the application is not affected",
-            signal, endpoint, self.failed,
+            signal, endpoint, self.failed, self.dropped,
         )
 
 
 EXPORT_FAILURES = _ExportFailures()
+
+
+
+class _CountDrops(logging.Filter):
+    """Counts the batch processors' "Queue full, dropping ..." records instead of printing each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Queue full"):
+            with EXPORT_FAILURES._lock:
+                EXPORT_FAILURES.dropped += 1
+            return False
+        return True
+
+
+_COUNT_DROPS = _CountDrops()
+
+
+def quiet_exporter_logs() -> None:
+    """One warning a minute instead of a line per failed attempt, retry and dropped item.
+
+    The OTLP exporters log every failed attempt and retry ("Transient error ...", "Failed
+    to export batch ...") and the batch processors every dropped item; with the endpoint
+    down that is many lines a second in the app's own log. :class:`_ExportFailures` says
+    the same, with counts, at most once a minute. A level the user set is left alone.
+    """
+    exporters = logging.getLogger("opentelemetry.exporter.otlp")
+    if exporters.level == logging.NOTSET:
+        exporters.setLevel(logging.CRITICAL)
+    processors = logging.getLogger("opentelemetry.sdk._shared_internal")
+    if _COUNT_DROPS not in processors.filters:
+        processors.addFilter(_COUNT_DROPS)
 
 
 class _PerProcessExporter:
@@ -181,10 +213,11 @@ def span_exporter(settings: Settings) -> SpanExporter:
         return PerProcessSpanExporter(
             lambda: Grpc(endpoint=_grpc_endpoint(settings), headers=settings.headers), "span", settings.endpoint
         )
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    # The official exporter with a direct protobuf writer: same request bytes, ~5x less CPU.
+    from .fastencode import FastOTLPSpanExporter
 
     url = _otlp_url(settings, "traces")
-    return PerProcessSpanExporter(lambda: OTLPSpanExporter(endpoint=url, headers=settings.headers), "span", url)
+    return PerProcessSpanExporter(lambda: FastOTLPSpanExporter(endpoint=url, headers=settings.headers), "span", url)
 
 
 def metric_exporter(settings: Settings) -> MetricExporter:

@@ -194,7 +194,7 @@ def _log_path(value: Any) -> str | None:
     probe = parent
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise ValueError("a file path in a writable directory")
     return str(path)
 
@@ -279,7 +279,12 @@ class Settings:
             raise AttributeError(name) from None
 
 
-def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+def load(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    strict_raises: bool = True,
+) -> Settings:
     """Resolve every setting: explicit ``overrides`` first, then the environment, then defaults.
 
     Bad explicit overrides raise :class:`ConfigurationError`. Bad environment values are
@@ -314,7 +319,7 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
             values[setting.name] = setting.default
     strict = values["strict"]
     own_problems = [p for p in problems if p.startswith(PREFIX)]
-    if strict and own_problems:
+    if strict and own_problems and strict_raises:
         raise ConfigurationError(own_problems[0] + " (AGENSIUM_STRICT=true)")
     return Settings(values, problems)
 
@@ -322,4 +327,4 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
 def check(environ: Mapping[str, str] | None = None) -> list[str]:
     """Return one line per bad setting in the environment (empty when all are good)."""
     environ = os.environ if environ is None else environ
-    return load({"strict": False}, environ).problems
+    return load(environ=environ, strict_raises=False).problems
