@@ -1,4 +1,4 @@
-"""The ``otel-agensium`` command: ``check``, ``settings``, ``demo``."""
+"""The ``otel-agensium`` command: ``check``, ``settings``, ``demo``, ``monitor``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ def _demo(args: argparse.Namespace) -> int:
     return run(broker=args.broker, tasks=args.tasks, otlp=args.otlp)
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    from .monitor import run
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    return run(app_path=args.app, broker=args.broker, queues=queues, once=args.once)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="otel-agensium", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--tasks", type=int, default=20, help="tasks to run (default 20)")
     demo.add_argument("--otlp", action="store_true", help="also export over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT)")
     demo.set_defaults(func=_demo)
+    monitor = sub.add_parser(
+        "monitor", help="export celery_queue_length and celery_active_workers for a broker (one per deployment)"
+    )
+    monitor.add_argument("-A", "--app", help="Celery app, as for `celery -A` (module or module:attribute)")
+    monitor.add_argument("--broker", help="broker URL (default: the app's, or AGENSIUM_BROKER_URL)")
+    monitor.add_argument("--queues", help="comma-separated queues to measure (default: AGENSIUM_QUEUES)")
+    monitor.add_argument("--once", action="store_true", help="read once, print JSON, exit (1 if the broker failed)")
+    monitor.set_defaults(func=_monitor)
     args = parser.parse_args(argv)
     return args.func(args)
 

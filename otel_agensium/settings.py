@@ -246,8 +246,17 @@ SETTINGS: tuple[Setting, ...] = (
     _own("prometheus_host", "127.0.0.1", _text, "Address the Prometheus pull endpoint binds to."),
     _own("max_task_names", 500, _int_range(1, 100_000), "Distinct task_name label values before 'other'."),
     _own("queues", DEFAULT_QUEUES, _names, "Queues whose depth is measured, besides those workers consume."),
-    _own("redis_url", None, _optional_url("redis", "rediss", "unix"), "Redis for queue depth and health."),
+    Setting(
+        "redis_url", PREFIX + "REDIS_URL", None, _optional_url("redis", "rediss", "unix"),
+        "Redis the health router checks (default: the Celery app's broker when it is Redis).", secret=True,
+    ),
     _own("health_timeout", 2.0, _positive_seconds, "Seconds each health check may take."),
+    _own("health_cache_ttl", 1.0, _float_range(0.0, 60.0), "Seconds a health check result is reused (0: never)."),
+    _own("inspect_timeout", 1.0, _positive_seconds, "Seconds workers get to answer an active_queues broadcast."),
+    Setting(
+        "broker_url", PREFIX + "BROKER_URL", None, _optional_url("redis", "rediss", "amqp", "amqps", "pyamqp"),
+        "Broker `otel-agensium monitor` watches when no Celery app (-A) is given.", secret=True,
+    ),
     _own("log_level", "INFO", _choice(*LOG_LEVELS, lower=False), "Level of the JSON log handler."),
     _own("log_stdout", True, _bool, "Write JSON log lines to stdout."),
     _own("log_file", None, _log_path, "Also write JSON log lines to this size-rotated file."),

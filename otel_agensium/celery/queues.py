@@ -25,6 +25,7 @@ and celery-exporter play), or :func:`install_queue_gauges` inside a single-repli
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import re
 import threading
@@ -87,7 +88,7 @@ def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
 
 def describe(exc: BaseException, secrets: Iterable[str | None] = (), limit: int = 300) -> str:
     """One line for an error, safe to print, log or return in a health body."""
-    if isinstance(exc, TimeoutError) and not str(exc):
+    if isinstance(exc, (TimeoutError, concurrent.futures.TimeoutError)) and not str(exc):
         return "TimeoutError: no answer in time"
     text = f"{type(exc).__name__}: {scrub(str(exc), secrets)}".replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
