@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -100,6 +101,8 @@ def quiet_exporter_logs() -> None:
 class _PerProcessExporter:
     """Creates the wrapped exporter lazily, once per process id."""
 
+    _instances: weakref.WeakSet[_PerProcessExporter] = weakref.WeakSet()
+
     def __init__(self, factory: Callable[[], Any], signal: str, endpoint: str) -> None:
         self._factory = factory
         self._signal = signal
@@ -107,6 +110,7 @@ class _PerProcessExporter:
         self._pid = -1
         self._inner: Any = None
         self._lock = threading.Lock()
+        _PerProcessExporter._instances.add(self)
 
     def _get(self) -> Any:
         pid = os.getpid()
@@ -282,18 +286,51 @@ def prometheus_reader(settings: Settings) -> MetricReader | None:
     return _PullReader(scope_info_enabled=False)
 
 
+def _renew_locks(obj: Any, *names: str) -> None:
+    """Give ``obj`` new, unheld locks of the same kinds (a fork copies a lock held by another thread)."""
+    for name in names:
+        old = getattr(obj, name, None)
+        if old is not None:
+            setattr(obj, name, threading.RLock() if isinstance(old, _RLOCK_TYPE) else threading.Lock())
+
+
+_RLOCK_TYPE = type(threading.RLock())
+
+
+def _renew_own_locks_after_fork() -> None:
+    """Export threads take these locks; a fork while one is held must not leave it held in the child."""
+    _renew_locks(EXPORT_FAILURES, "_lock")
+    for exporter in list(_PerProcessExporter._instances):
+        _renew_locks(exporter, "_lock")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_own_locks_after_fork)
+
+
 def reset_metric_state_after_fork(provider: MeterProvider) -> None:
-    """Forget the cumulative state a forked child inherited from its parent.
+    """Forget the cumulative state a forked child inherited from its parent, and unlock it.
 
     The SDK keeps per-instrument aggregations in each reader's storage; a child that
     kept them would export the parent's counts again under its own
     ``service.instance.id``. Storage entries are created lazily on the next
     measurement, so dropping them gives the child a clean start.
+
+    A fork also copies locks that the parent's export thread held at that moment; in
+    the child no thread will ever release them, and the first measurement or export
+    would block forever (seen: a replacement child forked while the parent exported
+    hung in ``task_postrun``). The locks the SDK does not renew itself are renewed here.
     """
     try:
         consumer = provider._measurement_consumer  # noqa: SLF001
+        _renew_locks(consumer, "_lock")
         for storage in consumer._reader_storages.values():  # noqa: SLF001
+            _renew_locks(storage, "_lock")
             storage._instrument_view_instrument_matches = {}  # noqa: SLF001
+        for reader in list(consumer._reader_storages):  # noqa: SLF001 - this provider's readers
+            _renew_locks(reader, "_lock", "_export_lock")
+        for meter in list(provider._meters.values()):  # noqa: SLF001
+            _renew_locks(meter, "_instrument_registration_lock")
     except AttributeError:  # an SDK whose internals moved: say so once, keep running
         _log.warning(
             "otel-agensium: cannot reset metric state after fork with this opentelemetry-sdk; "

@@ -105,7 +105,12 @@ def test_child_killed_mid_task_counts_one_failure_and_others_go_on(redis_server)
                 f = receiver.totals("celery_tasks_failed").get(_key("drill-kill", "d.nap"))
                 return (s, f) if (s, f) == (20, 1) else None
 
-            succeeded, failed = wait_for(settled, timeout=30)
+            try:
+                succeeded, failed = wait_for(settled, timeout=30)
+            except AssertionError:
+                raise AssertionError(f"succeeded/failed/received: {receiver.totals('celery_tasks_succeeded')} "
+                                     f"{receiver.totals('celery_tasks_failed')} "
+                                     f"{receiver.totals('celery_tasks_received')}") from None
             exceptions = {dict(k)["exception"]: v for k, v in receiver.totals("celery_task_exceptions").items()
                           if dict(k)["task_name"] == "d.nap"}
             print(f"\n[drill child-killed] other tasks succeeded={succeeded}, killed task failed={failed}, "
