@@ -84,3 +84,11 @@ def test_readme_lists_every_setting():
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_demo_against_a_real_redis_broker(redis_server):
+    result = run_cli("demo", "--broker", redis_server.url, "--tasks", "10")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "10/10 tasks finished" in result.stdout
+    assert 'celery_tasks_succeeded_total{queue="celery",task_name="demo.ok"} 4.0' in result.stdout
+    assert 'celery_tasks_succeeded_total{queue="profile",task_name="demo.ok"} 4.0' in result.stdout
