@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -80,10 +79,6 @@ def test_readme_lists_every_setting():
     readme = (ROOT / "README.md").read_text()
     missing = [s.env for s in settings.SETTINGS if f"`{s.env}`" not in readme]
     assert not missing
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__]))
 
 
 def test_demo_against_a_real_redis_broker(redis_server):
