@@ -1,4 +1,4 @@
-"""The ``otel-agensium`` command: ``check``, ``settings``, ``demo``, ``monitor``."""
+"""The ``otel-agensium`` command: ``check``, ``settings``, ``demo``, ``monitor``, ``doctor``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,23 @@ def _monitor(args: argparse.Namespace) -> int:
     return run(app_path=args.app, broker=args.broker, queues=queues, once=args.once)
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import run
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    return run(app_path=args.app, broker=args.broker, as_json=args.json, timeout=args.timeout, queues=queues)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 300:
+        raise argparse.ArgumentTypeError("a number of seconds > 0 and <= 300")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="otel-agensium", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     monitor.add_argument("--queues", help="comma-separated queues to measure (default: AGENSIUM_QUEUES)")
     monitor.add_argument("--once", action="store_true", help="read once, print JSON, exit (1 if the broker failed)")
     monitor.set_defaults(func=_monitor)
+    doctor = sub.add_parser(
+        "doctor", help="check broker, workers, queue consumers, OTLP endpoint and limits; one line each, exit 1 on FAIL"
+    )
+    doctor.add_argument("-A", "--app", help="Celery app, as for `celery -A` (module or module:attribute)")
+    doctor.add_argument("--broker", help="broker URL (default: the app's, or AGENSIUM_BROKER_URL)")
+    doctor.add_argument("--json", action="store_true", help="print the checks as a JSON list")
+    doctor.add_argument("--timeout", type=_seconds, help="seconds per network check (default AGENSIUM_HEALTH_TIMEOUT)")
+    doctor.add_argument("--queues", help="comma-separated queues that must have a consumer (default: the app's "
+                        "routes, plus AGENSIUM_QUEUES when set)")
+    doctor.set_defaults(func=_doctor)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -62,7 +62,16 @@ SPEC_METRICS = {
     "celery_active_workers",
 }
 # Added beside them by the package (SPEC: "may be added beside these").
-EXTRA_METRICS = {"celery_task_queue_wait_seconds", "celery_tasks_revoked_total"}
+EXTRA_METRICS = {
+    "celery_task_queue_wait_seconds",
+    "celery_tasks_revoked_total",
+    # The troubleshooting signals (README, Troubleshooting): otel_agensium/celery/metrics.py.
+    "celery_task_time_limit_hits_total",
+    "celery_task_exceptions_total",
+    "celery_worker_process_resident_memory_bytes",
+    "celery_worker_process_cpu_seconds_total",
+    "celery_worker_process_memory_limit_bytes",
+}
 HISTOGRAMS = {"celery_task_duration_seconds", "celery_task_queue_wait_seconds"}
 
 # Secrets compose must refuse to start without.

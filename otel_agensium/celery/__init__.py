@@ -14,7 +14,11 @@ Where each metric moves:
   ``task_postrun`` runs; the main process sends ``task_failure`` with
   ``WorkerLostError``/``TimeLimitExceeded`` and that is where the failure is counted;
 * ``celery_task_queue_wait_seconds``: ``task_prerun``, from the publish time a
-  publisher running otel-agensium put in the message headers.
+  publisher running otel-agensium put in the message headers;
+* ``celery_worker_process_resident_memory_bytes``, ``celery_worker_process_cpu_seconds_total``
+  and ``celery_worker_process_memory_limit_bytes``: observable instruments registered at
+  ``worker_init`` (worker processes only, ``AGENSIUM_PROCESS_METRICS``), read by each
+  process at collection time (:class:`~otel_agensium.celery.metrics.ProcessMetrics`).
 
 Spans come from the contrib ``CeleryInstrumentor``. Our ``task_postrun`` handler is
 connected before the instrumentor's so the run span is still current when the
@@ -36,7 +40,7 @@ from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.trace import TracerProvider
 
 from ..errors import guarded
-from .metrics import TaskMetrics
+from .metrics import ProcessMetrics, TaskMetrics
 from .utils import SENT_AT_HEADER, BoundedLabels, queue_of
 
 TASK_ID_ATTRIBUTE = "celery.task_id"
@@ -63,6 +67,7 @@ class CeleryIntegration:
         self._started: dict[str, float] = {}
         self._instrumentor: CeleryInstrumentor | None = None
         self._connected: list[tuple[Any, Callable[..., Any]]] = []
+        self.process_metrics: ProcessMetrics | None = None
 
     # -- install / uninstall -------------------------------------------------------
     def install(self) -> None:
@@ -73,6 +78,7 @@ class CeleryIntegration:
         self._connect(signals.task_unknown, self._on_unknown)
         self._connect(signals.task_rejected, self._on_rejected)
         self._connect(signals.task_failure, self._on_failure)
+        self._connect(signals.worker_init, self._on_worker_init)
         self._connect(signals.worker_process_shutdown, self._on_process_shutdown)
         self._connect(signals.worker_shutdown, self._on_process_shutdown)
         if self.tracer_provider is not None:
@@ -82,6 +88,8 @@ class CeleryIntegration:
         self._connect(signals.task_prerun, self._on_prerun)  # after the instrumentor's
 
     def uninstall(self) -> None:
+        if self.process_metrics is not None:
+            self.process_metrics.stop()  # the SDK cannot remove instruments; their callbacks go quiet
         for signal, handler in self._connected:
             signal.disconnect(handler)
         self._connected.clear()
@@ -176,5 +184,24 @@ class CeleryIntegration:
             self.metrics.time_limit_hits.add(1, {**attrs, "limit": limit})
 
     @guarded
+    def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        """In the worker's main process, before the pool forks: register the per-process instruments."""
+        if self.metrics is None or self.process_metrics is not None:
+            return
+        from ..bootstrap import current
+
+        handle = current()
+        if handle is not None and not handle.settings.values.get("process_metrics", True):
+            return
+        hostname = str(getattr(sender, "hostname", "") or "unknown")
+        worker = hostname if len(hostname) <= 200 and hostname.isprintable() else "other"
+        self.process_metrics = ProcessMetrics(
+            self.metrics.meter, worker, memory_limit_kib=getattr(sender, "max_memory_per_child", None)
+        )
+        self.process_metrics.install()
+
+    @guarded
     def _on_process_shutdown(self, **_: Any) -> None:
+        if self.process_metrics is not None:
+            self.process_metrics.stop()  # no point taken while exiting: the series ends with the last export
         self._flush()

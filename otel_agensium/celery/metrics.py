@@ -8,9 +8,11 @@ units (``{message}``), which add no suffix (unit ``1`` would add ``_ratio``).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, MeterProvider, Observation
 
 # The seed's buckets, in seconds; dashboards and alerts depend on them (+Inf is implicit).
 # Integers on purpose: the Python Prometheus exporter prints a bound as Python formats
@@ -34,6 +36,10 @@ DURATION = "celery_task_duration_seconds"
 QUEUE_WAIT = "celery_task_queue_wait_seconds"
 QUEUE_LENGTH = "celery_queue_length"
 ACTIVE_WORKERS = "celery_active_workers"
+# Per worker process (see ProcessMetrics); labels process_role (main|child) and worker.
+PROCESS_RESIDENT_MEMORY = "celery_worker_process_resident_memory_bytes"
+PROCESS_CPU = "celery_worker_process_cpu_seconds"  # a counter: _total in Prometheus
+PROCESS_MEMORY_LIMIT = "celery_worker_process_memory_limit_bytes"
 
 
 @dataclass
@@ -84,3 +90,96 @@ class TaskMetrics:
             ),
             meter=meter,
         )
+
+
+# --- worker processes: resident memory and CPU time -------------------------------------
+
+
+def resident_memory_bytes(status_path: str = "/proc/self/status") -> int | None:
+    """This process's resident set size (``VmRSS``), or None where /proc is not available."""
+    try:
+        with open(status_path, "rb") as status:
+            for line in status:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (not of its children)."""
+    times = os.times()
+    return times.user + times.system
+
+
+class ProcessMetrics:
+    """Resident memory and CPU time of each worker process, as observable instruments.
+
+    * ``celery_worker_process_resident_memory_bytes`` (gauge, ``VmRSS``),
+    * ``celery_worker_process_cpu_seconds_total`` (counter, user + system),
+    * ``celery_worker_process_memory_limit_bytes`` (gauge, children only, when
+      ``worker_max_memory_per_child`` / ``--max-memory-per-child`` is set),
+
+    labelled ``process_role`` (``main`` for the process that consumes from the broker,
+    ``child`` for a prefork pool process) and ``worker`` (the Celery node name). Registered
+    once, in the worker's main process; the callbacks read the process they run in, so a
+    forked child (which has its own ``service.instance.id`` and metric state) reports
+    itself: one series per process, told apart by the ``instance`` label. Labels stay
+    bounded: two roles, one node name per process.
+
+    A process that is shutting down stops reporting (:meth:`stop`) before its final
+    flush: a recycled child's series ends with its last periodic export instead of with
+    a point taken while it exits.
+    """
+
+    def __init__(self, meter: Meter, worker: str, memory_limit_kib: int | None = None) -> None:
+        self.meter = meter
+        self.worker = worker
+        self.memory_limit = int(memory_limit_kib) * 1024 if memory_limit_kib else None
+        self.main_pid = os.getpid()
+        self._stopped_pid: int | None = None
+        self._attrs: tuple[int, dict[str, str]] | None = None
+
+    def install(self) -> None:
+        self.meter.create_observable_gauge(
+            PROCESS_RESIDENT_MEMORY, callbacks=[self._observe_memory], unit="By",
+            description="Resident memory (VmRSS) of the worker process.",
+        )
+        self.meter.create_observable_counter(
+            PROCESS_CPU, callbacks=[self._observe_cpu], unit="s",
+            description="User and system CPU time of the worker process.",
+        )
+        if self.memory_limit:
+            self.meter.create_observable_gauge(
+                PROCESS_MEMORY_LIMIT, callbacks=[self._observe_limit], unit="By",
+                description="worker_max_memory_per_child of the pool process (a child above it is replaced).",
+            )
+
+    def stop(self) -> None:
+        """This process reports no more points (it is exiting)."""
+        self._stopped_pid = os.getpid()
+
+    def attributes(self) -> dict[str, str] | None:
+        pid = os.getpid()
+        if self._stopped_pid == pid:
+            return None
+        if self._attrs is None or self._attrs[0] != pid:
+            role = "main" if pid == self.main_pid else "child"
+            self._attrs = (pid, {"process_role": role, "worker": self.worker})
+        return self._attrs[1]
+
+    def _observe_memory(self, options: CallbackOptions | None = None) -> Iterable[Observation]:
+        attrs = self.attributes()
+        value = resident_memory_bytes() if attrs is not None else None
+        return [Observation(value, attrs)] if value is not None else []
+
+    def _observe_cpu(self, options: CallbackOptions | None = None) -> Iterable[Observation]:
+        attrs = self.attributes()
+        return [Observation(cpu_seconds(), attrs)] if attrs is not None else []
+
+    def _observe_limit(self, options: CallbackOptions | None = None) -> Iterable[Observation]:
+        attrs = self.attributes()
+        if attrs is None or attrs["process_role"] != "child":
+            return []
+        return [Observation(self.memory_limit, attrs)]
