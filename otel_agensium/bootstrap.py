@@ -152,6 +152,6 @@ def _install_integrations(handle: Handle) -> None:
     if handle.tracer_provider is not None or handle.meter_provider is not None:
         from .web import FastAPIIntegration
 
-        web = FastAPIIntegration(handle.tracer_provider, handle.meter_provider)
+        web = FastAPIIntegration(handle.tracer_provider, handle.meter_provider, settings.http_instrumentation)
         web.install()
         handle.integrations.append(web)

@@ -37,7 +37,11 @@ def test_request_publish_run_and_redis_share_one_trace(stack, receiver):
                 and s["attributes"].get("celery.task_id") == task_id]
         return runs[0] if runs else None
 
-    run = wait_for(run_span, timeout=30)
+    try:
+        run = wait_for(run_span, timeout=60)
+    except AssertionError:
+        names = sorted({(x["name"], x["resource"].get("service.name")) for x in receiver.spans()})
+        raise AssertionError(f"no run span for {task_id}; spans: {names}") from None
     trace_spans = wait_for(lambda: [s for s in receiver.spans() if s["trace_id"] == run["trace_id"]]
                            if len([s for s in receiver.spans() if s["trace_id"] == run["trace_id"]]) >= 4 else None)
     by_name = {s["name"]: s for s in trace_spans}
@@ -61,3 +65,66 @@ def test_http_server_metrics_exported(stack, receiver):
                               for sm in rm.scope_metrics for m in sm.metrics
                               if m.name.startswith("http.server")}, timeout=30)
     assert names
+
+
+def _server_spans(receiver, trace_id=None):
+    return [s for s in receiver.spans() if s["kind"] == 2 and (trace_id is None or s["trace_id"] == trace_id)]
+
+
+def test_incoming_traceparent_is_continued_and_route_template_names_the_span(stack, receiver):
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    response = httpx.get(f"{stack}/items/42", headers={"traceparent": f"00-{trace_id}-{parent_id}-01"}, timeout=10)
+    assert response.status_code == 200
+    spans = wait_for(lambda: _server_spans(receiver, trace_id), timeout=30)
+    assert len(spans) == 1  # one server span: FastAPI's native telemetry does not add a second
+    span = spans[0]
+    assert span["name"] == "GET /items/{item_id}"
+    assert span["parent_span_id"] == parent_id
+    assert span["attributes"]["http.route"] == "/items/{item_id}"
+    assert span["attributes"]["http.response.status_code"] == 200
+    assert span["attributes"]["http.request.method"] == "GET"
+
+
+def test_unhandled_exception_marks_span_error_and_counts_a_500(stack, receiver):
+    trace_id = "5bf92f3577b34da6a3ce929d0e0e4736"
+    response = httpx.get(f"{stack}/boom", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}, timeout=10)
+    assert response.status_code == 500
+    span = wait_for(lambda: _server_spans(receiver, trace_id), timeout=30)[0]
+    assert span["name"] == "GET /boom"
+    assert span["attributes"]["http.response.status_code"] == 500
+    req = [r for r in receiver.traces for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans
+           if s.trace_id.hex() == trace_id][0]
+    assert req  # decoded above; status and the exception event:
+    raw = [s for r in receiver.traces for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans
+           if s.trace_id.hex() == trace_id][0]
+    assert raw.status.code == 2  # ERROR
+    assert [e.name for e in raw.events] == ["exception"]
+
+    def duration_500():
+        points = receiver.points("http.server.request.duration")
+        return [p for p in points.values() if p["attributes"].get("http.response.status_code") == 500
+                and p["attributes"].get("http.route") == "/boom"]
+
+    point = wait_for(duration_500, timeout=30)[0]
+    assert point["unit"] == "s"
+    assert set(point["attributes"]) == {"http.request.method", "http.route", "http.response.status_code", "url.scheme"}
+
+
+def test_contrib_instrumentation_still_selectable(redis_server, receiver):
+    port = free_port()
+    web = Proc(
+        [str(BIN / "python"), "-m", "uvicorn", "tests.apps.web_app:app", "--port", str(port), "--host", "127.0.0.1"],
+        env={"TEST_BROKER_URL": redis_server.url, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+             "OTEL_SERVICE_NAME": "web-contrib", "OTEL_BSP_SCHEDULE_DELAY": "100",
+             "AGENSIUM_HTTP_INSTRUMENTATION": "contrib"},
+        name="uvicorn-contrib",
+    )
+    try:
+        web.wait_for_line("Uvicorn running", timeout=60)
+        assert httpx.get(f"http://127.0.0.1:{port}/items/7", timeout=10).status_code == 200
+        spans = wait_for(lambda: [s for s in _server_spans(receiver)
+                                  if s["resource"]["service.name"] == "web-contrib"], timeout=30)
+        assert [s["name"] for s in spans] == ["GET /items/{item_id}"]
+        assert spans[0]["scope"] == "opentelemetry.instrumentation.fastapi"
+    finally:
+        web.stop()

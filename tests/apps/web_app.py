@@ -20,3 +20,13 @@ def hello():
 def enqueue():
     result = incr.apply_async(queue="celery")
     return {"task_id": result.id}
+
+
+@app.get("/items/{item_id}")
+def item(item_id: int):
+    return {"item": item_id}
+
+
+@app.get("/boom")
+def boom():
+    raise RuntimeError("boom")
