@@ -19,7 +19,13 @@ import time
 
 from bench.common import free_port, machine, median, otlp_sink, redis_server, spawn, stop
 
-WEB_VARIANTS = {"none": "none", "plain-otel": "plain", "agensium-full": "agensium"}
+# name -> (BENCH_VARIANT, extra environment)
+WEB_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "none": ("none", {}),
+    "plain-otel": ("plain", {}),
+    "agensium-full": ("agensium", {}),
+    "agensium-contrib": ("agensium", {"AGENSIUM_HTTP_INSTRUMENTATION": "contrib"}),
+}
 POST_LUA = 'wrk.method = "POST"'
 
 
@@ -66,7 +72,8 @@ def main() -> None:
             order = list(WEB_VARIANTS) if round_no % 2 == 0 else list(reversed(WEB_VARIANTS))
             for variant in order:
                 port = free_port()
-                env = {"BENCH_VARIANT": WEB_VARIANTS[variant], "BENCH_BROKER_URL": broker,
+                bench_variant, extra = WEB_VARIANTS[variant]
+                env = {"BENCH_VARIANT": bench_variant, "BENCH_BROKER_URL": broker, **extra,
                        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": f"bench-web-{variant}"}
                 web = spawn([sys.executable, "-m", "uvicorn", "bench.web_app:app", "--port", str(port),
                              "--no-access-log", "--log-level", "warning"], env=env)
@@ -76,18 +83,18 @@ def main() -> None:
                         wrk(f"http://127.0.0.1:{port}{path}", 1, args.connections, lua)  # warm-up
                         res = wrk(f"http://127.0.0.1:{port}{path}", args.seconds, args.connections, lua)
                         results.setdefault((variant, path), []).append(res)
-                        print(f"  round {round_no + 1} {variant:14} {path:9} {res[0]:8.0f} req/s", flush=True)
+                        print(f"  round {round_no + 1} {variant:16} {path:9} {res[0]:8.0f} req/s", flush=True)
                 finally:
                     stop(web)
     print(f"\nFastAPI under uvicorn (1 process), wrk -t1 -c{args.connections} -d{args.seconds}s, "
           f"{args.rounds} rounds; {machine()}")
-    print(f"{'variant':14} {'endpoint':9} {'req/s':>8} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7}")
+    print(f"{'variant':16} {'endpoint':9} {'req/s':>8} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7}")
     for path in ("/hello", "/enqueue"):
         base = median([r[0] for r in results[("none", path)]])
         for variant in WEB_VARIANTS:
             runs = results[(variant, path)]
             rps = median([r[0] for r in runs])
-            print(f"{variant:14} {path:9} {rps:8.0f} {rps / base:6.2f} {median([r[1] for r in runs]):7.2f} "
+            print(f"{variant:16} {path:9} {rps:8.0f} {rps / base:6.2f} {median([r[1] for r in runs]):7.2f} "
                   f"{median([r[2] for r in runs]):7.2f}")
 
 
