@@ -1,6 +1,7 @@
 """The stack's PromQL against a real Prometheus that scraped what the package really produced.
 
-A solo-pool worker serves the Prometheus pull endpoint; Prometheus (Debian's binary) scrapes it
+A solo-pool worker and `otel-agensium monitor` (queue depth, live workers) serve the Prometheus pull
+endpoint; Prometheus (Debian's binary) scrapes it
 every second; every expression in the dashboards and alerts.yml must run without error, and the
 seed's task panels must return data.
 """
@@ -8,16 +9,18 @@ seed's task panels must return data.
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import yaml
 
 from tests import prom
-from tests.procs import ROOT, celery_worker, free_port
+from tests.procs import ROOT, Proc, celery_worker, free_port
 
 pytestmark = pytest.mark.skipif(prom.prometheus_binary() is None, reason="Debian package `prometheus` missing")
 
-SEED_TASK_PANELS = ("Tasks per second", "Task duration p95", "Success rate", "Failed tasks")
+SEED_TASK_PANELS = ("Tasks per second", "Task duration p95", "Success rate", "Failed tasks", "Queue depth",
+                    "Active workers")
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +31,16 @@ def prometheus(redis_server, tmp_path_factory):
     worker = celery_worker("tests.apps.tasks_app", redis_server.url, "http://127.0.0.1:9", "celery,profile",
                            name="live", pool="solo", concurrency=1,
                            env={"AGENSIUM_PROMETHEUS_PORT": str(port), "AGENSIUM_OTLP": "false"})
+    monitor_port = free_port()
+    monitor = Proc([sys.executable, "-m", "otel_agensium.cli", "monitor", "-A", "tests.apps.tasks_app",
+                    "--queues", "celery,profile"], name="monitor",
+                   env={"TEST_BROKER_URL": redis_server.url, "AGENSIUM_PROMETHEUS_PORT": str(monitor_port),
+                        "AGENSIUM_OTLP": "false", "OTEL_SERVICE_NAME": "monitor"})
     server = None
     try:
-        server = prom.start_prometheus(tmp_path_factory.mktemp("prom"), [f"127.0.0.1:{port}"])
+        monitor.wait_for_line("otel-agensium monitor: watching", timeout=30)
+        server = prom.start_prometheus(tmp_path_factory.mktemp("prom"),
+                                       [f"127.0.0.1:{port}", f"127.0.0.1:{monitor_port}"])
         tasks_app.app.conf.broker_url = redis_server.url
         tasks_app.app.conf.result_backend = redis_server.url
         # Traffic across several scrapes, so that rate() has two samples in its window.
@@ -45,6 +55,7 @@ def prometheus(redis_server, tmp_path_factory):
     finally:
         if server is not None:
             prom.stop_prometheus(server)
+        monitor.stop()
         worker.stop()
 
 
