@@ -12,6 +12,10 @@ Each handler carries :class:`ContextFilter`, which stamps the record once with
 ``task_id``/``task_name`` (Celery's current task: the task stack Celery pushes before a
 task runs and pops after it, so nothing outlives the task), ``trace_id``/``span_id``
 (the current span, when valid), ``service`` and anything bound with :func:`bind`.
+Unless ``AGENSIUM_RECORD_TASK_ARGS`` is on it also hides the task arguments Celery's own
+worker log lines carry (the ``data`` extra of "received"/"succeeded"/"raised", the body
+and ``argsrepr``/``kwargsrepr`` dumped for unregistered or invalid messages) before any
+of our handlers writes or exports the record.
 
 Celery replaces the root logger's handlers when a worker starts. The
 ``after_setup_logger`` / ``after_setup_task_logger`` handlers put ours back, and take
@@ -41,7 +45,7 @@ from opentelemetry.context import get_current
 from pythonjsonlogger.core import RESERVED_ATTRS, merge_record_extra
 from pythonjsonlogger.json import JsonFormatter as _LibJsonFormatter
 
-from .errors import HOOK_ERRORS, guarded
+from .errors import guarded, report
 
 __all__ = ["ContextFilter", "JsonFormatter", "OTLPHandler", "bind", "install", "installed_handlers", "uninstall"]
 
@@ -75,6 +79,32 @@ def bind(**fields: Any) -> Iterator[None]:
         _bound.reset(token)
 
 
+HIDDEN_TASK_ARGS = "<hidden: AGENSIUM_RECORD_TASK_ARGS is off>"
+_ARG_KEYS = frozenset({"args", "kwargs", "argsrepr", "kwargsrepr"})
+_CONSUMER_LOGGER = "celery.worker.consumer.consumer"
+_consumer_dumps: dict[str, tuple[int, ...]] | None = None
+
+
+def _message_dumps() -> dict[str, tuple[int, ...]]:
+    """Celery's consumer messages that dump a task message, and which of their args hold its body."""
+    global _consumer_dumps
+    if _consumer_dumps is None:
+        try:
+            from celery.worker.consumer import consumer as c
+
+            _consumer_dumps = {c.UNKNOWN_TASK_ERROR: (1,), c.INVALID_TASK_ERROR: (1,),
+                               c.MESSAGE_DECODE_ERROR: (3, 4), c.UNKNOWN_FORMAT: (0,)}
+        except (ImportError, AttributeError):
+            _consumer_dumps = {}
+    return _consumer_dumps
+
+
+def _without_args(value: Any) -> Any:
+    if isinstance(value, Mapping) and not _ARG_KEYS.isdisjoint(value):
+        return {k: (HIDDEN_TASK_ARGS if k in _ARG_KEYS else v) for k, v in value.items()}
+    return value
+
+
 def _load_current_task() -> Any:
     try:
         from celery._state import get_current_task
@@ -86,15 +116,29 @@ def _load_current_task() -> Any:
 class ContextFilter(logging.Filter):
     """Stamps task, trace and bound context on a record; never drops a record, never raises."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, record_task_args: bool = False) -> None:
         super().__init__()
         self.service = service
+        self.record_task_args = record_task_args
         self._current_task = _load_current_task()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, _STAMPED, False):
             self._stamp(record)
+            if not self.record_task_args and record.name.startswith("celery."):
+                self._hide_task_args(record)
         return True
+
+    @guarded
+    def _hide_task_args(self, record: logging.LogRecord) -> None:
+        data = record.__dict__.get("data")
+        if isinstance(data, Mapping):  # a copy: record.args may be the same dict, used for the message
+            record.data = _without_args(data)  # type: ignore[attr-defined]
+        if record.name == _CONSUMER_LOGGER and isinstance(record.args, tuple) and isinstance(record.msg, str):
+            hidden = _message_dumps().get(record.msg)
+            if hidden is not None:
+                record.args = tuple(HIDDEN_TASK_ARGS if i in hidden else _without_args(arg)
+                                    for i, arg in enumerate(record.args))
 
     @guarded
     def _stamp(self, record: logging.LogRecord) -> None:
@@ -209,7 +253,7 @@ class OTLPHandler(logging.Handler):
         try:
             self._emit(record)
         except Exception:  # noqa: BLE001 - a lost log record never fails the app
-            HOOK_ERRORS["OTLPHandler.emit"] += 1
+            report("OTLPHandler.emit")  # the warning it logs once is not exported here: busy
         finally:
             self._local.busy = False
 
@@ -290,7 +334,7 @@ def install(settings: Any, resource: Any) -> Any:
             return None
         level = logging.getLevelName(settings.log_level)
         service = str(resource.attributes.get("service.name", settings.service_name))
-        context_filter = ContextFilter(service)
+        context_filter = ContextFilter(service, record_task_args=bool(settings.record_task_args))
         formatter = JsonFormatter()
         json_handlers: list[logging.Handler] = []
         if settings.log_stdout:

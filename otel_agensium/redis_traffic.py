@@ -11,6 +11,8 @@ instrumentor and runs a command with instrumentation suppressed when
 * its first key is one of Celery's or kombu's own.
 
 Everything else (the task's own Redis calls) is traced by the contrib instrumentor.
+A failure inside the decision is counted and logged once (:func:`~otel_agensium.errors.report`)
+and the command runs untraced: these wrappers sit on every Redis call of the host.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from opentelemetry import context, trace
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY, unwrap
 from opentelemetry.trace import TracerProvider
+
+from .errors import report
 
 CELERY_KEY_PREFIXES = (
     b"celery-task-meta-",
@@ -65,7 +69,12 @@ def _call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], trace_it:
 
 
 def _execute_command(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if should_trace(args):
+    try:
+        trace_it = should_trace(args)
+    except Exception:  # noqa: BLE001 - a bug in the filter never fails the command: it runs untraced
+        report("redis_traffic.should_trace")
+        trace_it = False
+    if trace_it:
         return wrapped(*args, **kwargs)
     # A single command nests no other: skip the instrumentor's wrapper altogether, which is
     # cheaper than attaching a suppression context (this runs for every broker poll and ack).
@@ -76,11 +85,16 @@ def _execute_command(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs:
 
 
 def _execute_pipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    stack = getattr(instance, "command_stack", None) or ()
-    first: Any = ()
-    if stack:  # entries are (args, options) tuples in redis-py, objects with .args in some forks
-        first = stack[0][0] if isinstance(stack[0], tuple) else getattr(stack[0], "args", ())
-    return _call(wrapped, args, kwargs, should_trace(tuple(first)))
+    try:
+        stack = getattr(instance, "command_stack", None) or ()
+        first: Any = ()
+        if stack:  # entries are (args, options) tuples in redis-py, objects with .args in some forks
+            first = stack[0][0] if isinstance(stack[0], tuple) else getattr(stack[0], "args", ())
+        trace_it = should_trace(tuple(first))
+    except Exception:  # noqa: BLE001 - as above: the pipeline runs, untraced
+        report("redis_traffic.should_trace")
+        trace_it = False
+    return _call(wrapped, args, kwargs, trace_it)
 
 
 class RedisIntegration:
