@@ -83,7 +83,7 @@ def run(broker: str = "memory://", tasks: int = 20, otlp: bool = False) -> int:
 
 
 def _redact(url: str) -> str:
-    from .health_redact import redact_url
+    from .redact import redact_url
 
     return redact_url(url)
 

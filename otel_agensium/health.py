@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .celery.queues import CeleryQueues, Probe, describe
-from .health_redact import redact_url
+from .redact import redact_url
 from .settings import load
 
 _log = logging.getLogger("otel_agensium.health")

@@ -38,7 +38,7 @@ from urllib.parse import quote
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-from ..health_redact import redact_url
+from ..redact import redact_url
 from ..settings import DEFAULT_QUEUES
 from .metrics import ACTIVE_WORKERS, METER_NAME, QUEUE_LENGTH
 
