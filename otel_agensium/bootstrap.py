@@ -140,6 +140,7 @@ def _install_integrations(handle: Handle) -> None:
             max_task_names=settings.max_task_names,
             flush=handle.force_flush,
             record_task_args=settings.record_task_args,
+            process_metrics=settings.process_metrics,
         )
         integration.install()
         handle.integrations.append(integration)

@@ -58,6 +58,7 @@ class CeleryIntegration:
         max_task_names: int,
         flush: Callable[[], Any],
         record_task_args: bool = False,
+        process_metrics: bool = True,
     ) -> None:
         self.metrics = TaskMetrics.create(meter_provider) if meter_provider is not None else None
         self.tracer_provider = tracer_provider
@@ -67,6 +68,7 @@ class CeleryIntegration:
         self._started: dict[str, float] = {}
         self._instrumentor: CeleryInstrumentor | None = None
         self._connected: list[tuple[Any, Callable[..., Any]]] = []
+        self.want_process_metrics = process_metrics
         self.process_metrics: ProcessMetrics | None = None
 
     # -- install / uninstall -------------------------------------------------------
@@ -186,12 +188,7 @@ class CeleryIntegration:
     @guarded
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
         """In the worker's main process, before the pool forks: register the per-process instruments."""
-        if self.metrics is None or self.process_metrics is not None:
-            return
-        from ..bootstrap import current
-
-        handle = current()
-        if handle is not None and not handle.settings.values.get("process_metrics", True):
+        if self.metrics is None or self.process_metrics is not None or not self.want_process_metrics:
             return
         hostname = str(getattr(sender, "hostname", "") or "unknown")
         worker = hostname if len(hostname) <= 200 and hostname.isprintable() else "other"
