@@ -121,29 +121,28 @@ class _PerProcessExporter:
                     self._pid = pid
         return self._inner
 
-    def _failed(self) -> None:
-        EXPORT_FAILURES.record(self._signal, self._endpoint)
+    _SUCCESS: Any = None  # the export result enum members of the signal
+    _FAILURE: Any = None
 
-    def _shutdown_inner(self) -> None:
+    def export(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = self._get().export(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - telemetry never raises into the app
+            result = self._FAILURE
+        if result is not self._SUCCESS:
+            EXPORT_FAILURES.record(self._signal, self._endpoint)
+        return result
+
+    def shutdown(self, *args: Any, **kwargs: Any) -> None:
         if self._inner is not None and self._pid == os.getpid():
             self._inner.shutdown()
 
+    def force_flush(self, *args: Any, **kwargs: Any) -> bool:
+        return True  # the batch processors and readers flush; the exporter holds nothing
+
 
 class PerProcessSpanExporter(_PerProcessExporter, SpanExporter):
-    def export(self, spans):  # type: ignore[override]
-        try:
-            result = self._get().export(spans)
-        except Exception:  # noqa: BLE001 - telemetry never raises into the app
-            result = SpanExportResult.FAILURE
-        if result is not SpanExportResult.SUCCESS:
-            self._failed()
-        return result
-
-    def shutdown(self) -> None:
-        self._shutdown_inner()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
+    _SUCCESS, _FAILURE = SpanExportResult.SUCCESS, SpanExportResult.FAILURE
 
 
 class PerProcessMetricExporter(_PerProcessExporter, MetricExporter):
@@ -157,20 +156,7 @@ class PerProcessMetricExporter(_PerProcessExporter, MetricExporter):
         )
         self._inner, self._pid = probe, os.getpid()
 
-    def export(self, metrics_data, timeout_millis: float = 10_000, **kwargs):  # type: ignore[override]
-        try:
-            result = self._get().export(metrics_data, timeout_millis=timeout_millis)
-        except Exception:  # noqa: BLE001
-            result = MetricExportResult.FAILURE
-        if result is not MetricExportResult.SUCCESS:
-            self._failed()
-        return result
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs) -> None:
-        self._shutdown_inner()
+    _SUCCESS, _FAILURE = MetricExportResult.SUCCESS, MetricExportResult.FAILURE
 
 
 def build_resource(settings: Settings) -> Resource:
@@ -346,20 +332,7 @@ from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportRes
 class PerProcessLogExporter(_PerProcessExporter, LogRecordExporter):
     """A LogRecordExporter created once per process id, like the span and metric exporters."""
 
-    def export(self, batch):  # type: ignore[override]
-        try:
-            result = self._get().export(batch)
-        except Exception:  # noqa: BLE001 - telemetry never raises into the app
-            result = LogRecordExportResult.FAILURE
-        if result is not LogRecordExportResult.SUCCESS:
-            self._failed()
-        return result
-
-    def shutdown(self) -> None:
-        self._shutdown_inner()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
+    _SUCCESS, _FAILURE = LogRecordExportResult.SUCCESS, LogRecordExportResult.FAILURE
 
 
 def log_exporter(settings: Settings) -> LogRecordExporter:

@@ -74,8 +74,10 @@ def _int_range(low: int, high: int | None = None) -> Callable[[Any], int]:
     return parse
 
 
-def _float_range(low: float, high: float) -> Callable[[Any], float]:
-    accepted = f"a number from {low:g} to {high:g}"
+def _float_range(low: float, high: float, *, above_low: bool = False, accepted: str = "") -> Callable[[Any], float]:
+    """A number from ``low`` to ``high`` (``above_low``: strictly greater than ``low``)."""
+    if not accepted:
+        accepted = f"a number > {low:g} and <= {high:g}" if above_low else f"a number from {low:g} to {high:g}"
 
     def parse(value: Any) -> float:
         if isinstance(value, bool):
@@ -84,24 +86,14 @@ def _float_range(low: float, high: float) -> Callable[[Any], float]:
             number = float(str(value).strip())
         except ValueError:
             raise ValueError(accepted) from None
-        if not low <= number <= high or number != number:
+        if number != number or not low <= number <= high or (above_low and number == low):
             raise ValueError(accepted)
         return number
 
     return parse
 
 
-def _positive_seconds(value: Any) -> float:
-    accepted = "a number of seconds > 0 and <= 300"
-    if isinstance(value, bool):
-        raise ValueError(accepted)
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        raise ValueError(accepted) from None
-    if not 0 < number <= 300:
-        raise ValueError(accepted)
-    return number
+_positive_seconds = _float_range(0, 300, above_low=True, accepted="a number of seconds > 0 and <= 300")
 
 
 def _choice(*choices: str, lower: bool = True) -> Callable[[Any], str]:
