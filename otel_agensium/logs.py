@@ -357,12 +357,12 @@ def install(settings: Any, resource: Any) -> Any:
             from opentelemetry.sdk._logs import LoggerProvider
             from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
-            from .providers import log_exporter
+            from .providers import batch_options, log_exporter
 
             provider = LoggerProvider(resource=resource)
             # Bounded queue: when the endpoint is down, records beyond it are dropped.
             provider.add_log_record_processor(
-                BatchLogRecordProcessor(log_exporter(settings), max_queue_size=2048, max_export_batch_size=512)
+                BatchLogRecordProcessor(log_exporter(settings), **batch_options(settings, "blrp"))
             )
             handlers.append(OTLPHandler(provider))
         for handler in handlers:

@@ -188,6 +188,31 @@ def build_sampler(settings: Settings) -> sampling.Sampler:
     }[settings.sampler]()
 
 
+def http_exporter_options(settings: Settings) -> dict[str, Any]:
+    """Headers, timeout and compression for an OTLP/HTTP exporter, from validated settings.
+
+    Passed explicitly so that the SDK never parses (and never logs a traceback for) these
+    variables itself; a bad value was already reported in one line and replaced by its default.
+    """
+    from opentelemetry.exporter.otlp.proto.http import Compression
+
+    compression = {"gzip": Compression.Gzip, "deflate": Compression.Deflate}.get(
+        settings.compression, Compression.NoCompression
+    )
+    return {"headers": settings.headers, "timeout": settings.export_timeout, "compression": compression}
+
+
+def batch_options(settings: Settings, prefix: str) -> dict[str, int]:
+    """Queue size, batch size and delay of a batch processor (``bsp`` or ``blrp`` settings)."""
+    queue = getattr(settings, f"{prefix}_max_queue_size")
+    return {
+        "max_queue_size": queue,
+        # The SDK refuses a batch larger than the queue; clamp instead of failing start-up.
+        "max_export_batch_size": min(getattr(settings, f"{prefix}_max_export_batch_size"), queue),
+        "schedule_delay_millis": getattr(settings, f"{prefix}_schedule_delay"),
+    }
+
+
 def _otlp_url(settings: Settings, signal_path: str) -> str:
     return f"{settings.endpoint}/v1/{signal_path}"
 
@@ -207,7 +232,8 @@ def span_exporter(settings: Settings) -> SpanExporter:
     from .fastencode import FastOTLPSpanExporter
 
     url = _otlp_url(settings, "traces")
-    return PerProcessSpanExporter(lambda: FastOTLPSpanExporter(endpoint=url, headers=settings.headers), "span", url)
+    options = http_exporter_options(settings)
+    return PerProcessSpanExporter(lambda: FastOTLPSpanExporter(endpoint=url, **options), "span", url)
 
 
 def metric_exporter(settings: Settings) -> MetricExporter:
@@ -221,18 +247,15 @@ def metric_exporter(settings: Settings) -> MetricExporter:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
     url = _otlp_url(settings, "metrics")
-    return PerProcessMetricExporter(
-        lambda: OTLPMetricExporter(endpoint=url, headers=settings.headers), "metric", url
-    )
+    options = http_exporter_options(settings)
+    return PerProcessMetricExporter(lambda: OTLPMetricExporter(endpoint=url, **options), "metric", url)
 
 
 def build_tracer_provider(settings: Settings, resource: Resource) -> TracerProvider:
     provider = TracerProvider(resource=resource, sampler=build_sampler(settings))
     if settings.otlp:
         # Bounded queue: when the endpoint is down, spans beyond it are dropped, never buffered.
-        provider.add_span_processor(
-            BatchSpanProcessor(span_exporter(settings), max_queue_size=2048, max_export_batch_size=512)
-        )
+        provider.add_span_processor(BatchSpanProcessor(span_exporter(settings), **batch_options(settings, "bsp")))
     return provider
 
 
@@ -345,4 +368,5 @@ def log_exporter(settings: Settings) -> LogRecordExporter:
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 
     url = _otlp_url(settings, "logs")
-    return PerProcessLogExporter(lambda: OTLPLogExporter(endpoint=url, headers=settings.headers), "log", url)
+    options = http_exporter_options(settings)
+    return PerProcessLogExporter(lambda: OTLPLogExporter(endpoint=url, **options), "log", url)

@@ -14,7 +14,7 @@ import pytest
 
 import otel_agensium
 from otel_agensium import settings
-from tests.procs import BIN, ROOT
+from tests.procs import BIN, ROOT, free_port
 from tests.test_settings_cli import run_cli
 
 BAD: list[tuple[str, str]] = [
@@ -48,6 +48,8 @@ BAD: list[tuple[str, str]] = [
     ("AGENSIUM_LOG_FILE_BACKUPS", "-1"), ("AGENSIUM_LOG_FILE_BACKUPS", "lots"),
     ("AGENSIUM_ENVIRONMENT", "prod\nstaging"), ("AGENSIUM_STRICT", "very"),
     ("AGENSIUM_PROMETHEUS_HOST", "a\nb"),
+    ("OTEL_BSP_SCHEDULE_DELAY", "abc"), ("OTEL_BSP_MAX_QUEUE_SIZE", "-5"), ("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "0"),
+    ("OTEL_EXPORTER_OTLP_TIMEOUT", "abc"), ("OTEL_EXPORTER_OTLP_COMPRESSION", "zip"),
 ]
 BY_ENV = {s.env: s for s in settings.SETTINGS}
 
@@ -107,3 +109,24 @@ def test_strict_mode_refuses_to_start_in_one_line():
     assert "app ran" not in result.stdout
     lines = [x for x in result.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "AGENSIUM_MAX_TASK_NAMES" in lines[0], result.stderr
+
+
+def test_sdk_read_variables_give_our_one_line_not_the_sdk_traceback():
+    """The batch-processor and exporter variables are validated here and passed to the SDK explicitly."""
+    bad = {"OTEL_BSP_SCHEDULE_DELAY": "abc", "OTEL_BLRP_MAX_QUEUE_SIZE": "lots", "OTEL_EXPORTER_OTLP_TIMEOUT": "abc",
+           "OTEL_EXPORTER_OTLP_COMPRESSION": "zip", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "99999"}
+    code = ("import otel_agensium; from opentelemetry import trace; h = otel_agensium.configure(); "
+            "trace.get_tracer('t').start_span('s').end(); print('app running, telemetry', h.enabled); h.shutdown()")
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": str(BIN), "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+             "OTEL_EXPORTER_OTLP_TIMEOUT": "1", **bad},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "app running, telemetry True" in result.stdout
+    assert "Traceback" not in result.stderr
+    for env in ("OTEL_BSP_SCHEDULE_DELAY", "OTEL_BLRP_MAX_QUEUE_SIZE", "OTEL_EXPORTER_OTLP_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_COMPRESSION"):
+        assert len([x for x in result.stderr.splitlines() if env in x]) == 1, (env, result.stderr)
+    # a batch size larger than the queue is clamped, not a failed start-up
+    assert "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" not in result.stderr

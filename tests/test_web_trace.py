@@ -11,12 +11,13 @@ from tests.procs import BIN, Proc, celery_worker, free_port
 
 @pytest.fixture(scope="module")
 def stack(redis_server, receiver):
-    worker = celery_worker("tests.apps.tasks_app", redis_server.url, receiver.endpoint, "celery", name="web")
+    worker = celery_worker("tests.apps.tasks_app", redis_server.url, receiver.endpoint, "web-trace", name="web")
     port = free_port()
     web = Proc(
         [str(BIN / "python"), "-m", "uvicorn", "tests.apps.web_app:app", "--port", str(port), "--host", "127.0.0.1"],
         env={"TEST_BROKER_URL": redis_server.url, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-             "OTEL_SERVICE_NAME": "web", "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500"},
+             "OTEL_SERVICE_NAME": "web", "TEST_QUEUE": "web-trace",
+             "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500"},
         name="uvicorn",
     )
     try:

@@ -1,5 +1,7 @@
 """A FastAPI app that enqueues tasks; configured with otel_agensium.configure() (settings from env)."""
 
+import os
+
 import otel_agensium
 
 otel_agensium.configure()
@@ -9,6 +11,7 @@ from fastapi import FastAPI  # noqa: E402  (created after configure(), so it is 
 from tests.apps.tasks_app import incr  # noqa: E402
 
 app = FastAPI()
+QUEUE = os.environ.get("TEST_QUEUE", "celery")  # a queue of its own per test module
 
 
 @app.get("/hello")
@@ -18,7 +21,7 @@ def hello():
 
 @app.post("/enqueue")
 def enqueue():
-    result = incr.apply_async(queue="celery")
+    result = incr.apply_async(queue=QUEUE)
     return {"task_id": result.id}
 
 
