@@ -4,9 +4,10 @@ from tests.otlp_receiver import Receiver
 from tests.procs import RedisServer
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def redis_server():
-    """A redis-server of the module's own on a free port: no test module sees another's messages."""
+    """One redis-server on a free port for the session (the test apps' Celery connection pools are
+    process-wide); modules that must not see each other's messages use queues of their own."""
     server = RedisServer().start()
     yield server
     server.stop()
