@@ -213,42 +213,47 @@ def batch_options(settings: Settings, prefix: str) -> dict[str, int]:
     }
 
 
-def _otlp_url(settings: Settings, signal_path: str) -> str:
-    return f"{settings.endpoint}/v1/{signal_path}"
+def _exporter(settings: Settings, wrapper: type[_PerProcessExporter], signal: str, path: str,
+              http_class: Callable[[], type], grpc_class: Callable[[], type]) -> Any:
+    """An OTLP exporter for one signal, created once per process by ``wrapper``.
 
-
-def _grpc_endpoint(settings: Settings) -> str:
-    return settings.endpoint
+    ``http_class``/``grpc_class`` import the exporter class lazily: the gRPC package is optional.
+    """
+    if settings.protocol == "grpc":
+        return wrapper(lambda: grpc_class()(endpoint=settings.endpoint, headers=settings.headers),
+                       signal, settings.endpoint)
+    url = f"{settings.endpoint}/v1/{path}"
+    options = http_exporter_options(settings)
+    return wrapper(lambda: http_class()(endpoint=url, **options), signal, url)
 
 
 def span_exporter(settings: Settings) -> SpanExporter:
-    if settings.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+    def http() -> type:
+        # The official exporter with a direct protobuf writer: same request bytes, far less CPU.
+        from .fastencode import FastOTLPSpanExporter
 
-        return PerProcessSpanExporter(
-            lambda: Grpc(endpoint=_grpc_endpoint(settings), headers=settings.headers), "span", settings.endpoint
-        )
-    # The official exporter with a direct protobuf writer: same request bytes, ~5x less CPU.
-    from .fastencode import FastOTLPSpanExporter
+        return FastOTLPSpanExporter
 
-    url = _otlp_url(settings, "traces")
-    options = http_exporter_options(settings)
-    return PerProcessSpanExporter(lambda: FastOTLPSpanExporter(endpoint=url, **options), "span", url)
+    def grpc() -> type:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter
+
+    return _exporter(settings, PerProcessSpanExporter, "span", "traces", http, grpc)
 
 
 def metric_exporter(settings: Settings) -> MetricExporter:
-    if settings.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
+    def http() -> type:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-        return PerProcessMetricExporter(
-            lambda: Grpc(endpoint=_grpc_endpoint(settings), headers=settings.headers),
-            "metric", settings.endpoint,
-        )
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        return OTLPMetricExporter
 
-    url = _otlp_url(settings, "metrics")
-    options = http_exporter_options(settings)
-    return PerProcessMetricExporter(lambda: OTLPMetricExporter(endpoint=url, **options), "metric", url)
+    def grpc() -> type:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        return OTLPMetricExporter
+
+    return _exporter(settings, PerProcessMetricExporter, "metric", "metrics", http, grpc)
 
 
 def build_tracer_provider(settings: Settings, resource: Resource) -> TracerProvider:
@@ -359,14 +364,14 @@ class PerProcessLogExporter(_PerProcessExporter, LogRecordExporter):
 
 
 def log_exporter(settings: Settings) -> LogRecordExporter:
-    if settings.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as Grpc
+    def http() -> type:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 
-        return PerProcessLogExporter(
-            lambda: Grpc(endpoint=_grpc_endpoint(settings), headers=settings.headers), "log", settings.endpoint
-        )
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+        return OTLPLogExporter
 
-    url = _otlp_url(settings, "logs")
-    options = http_exporter_options(settings)
-    return PerProcessLogExporter(lambda: OTLPLogExporter(endpoint=url, **options), "log", url)
+    def grpc() -> type:
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+        return OTLPLogExporter
+
+    return _exporter(settings, PerProcessLogExporter, "log", "logs", http, grpc)
