@@ -59,6 +59,22 @@ class Proc:
             time.sleep(0.1)
         raise AssertionError(f"{self.name}: no line with {text!r} within {timeout}s:\n{self.output[-4000:]}")
 
+    def wait_http_ok(self, url: str, timeout: float = 30.0) -> None:
+        """Poll ``url`` until it answers 200; fail at once with the output if the process exited."""
+        import httpx
+
+        from tests.otlp_receiver import wait_for
+
+        def ok() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited:\n{self.output[-3000:]}")
+            try:
+                return httpx.get(url, timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ok, timeout=timeout)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Signal the main process only (as Kubernetes or systemd KillMode=mixed do); kill the group on timeout."""
         if self.proc.poll() is None:

@@ -234,7 +234,6 @@ TOKEN = "Tk-drill6-7a11b0b5"
 
 
 def _serve_web(broker: str, receiver, dead_redis: str, queue: str, env: dict[str, str]):
-    import httpx
 
     from tests.procs import BIN, Proc, free_port
 
@@ -246,17 +245,8 @@ def _serve_web(broker: str, receiver, dead_redis: str, queue: str, env: dict[str
                      "DEAD_REDIS_URL": dead_redis, "SECRETS_QUEUE": queue, **env},
                 name="uvicorn web-secrets")
     base = f"http://127.0.0.1:{port}"
-
-    def up():
-        if proc.proc.poll() is not None:
-            raise AssertionError(f"uvicorn exited:\n{proc.output[-3000:]}")
-        try:
-            return httpx.get(base + "/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_for(up, timeout=30)
+        proc.wait_http_ok(base + "/health", timeout=30)
     except BaseException:
         proc.stop()
         raise

@@ -36,16 +36,7 @@ def _serve(broker: str, receiver, service: str, **env: str) -> tuple[Proc, str]:
         name=f"uvicorn {service}",
     )
     base = f"http://127.0.0.1:{port}"
-
-    def alive():
-        if proc.proc.poll() is not None:
-            raise AssertionError(f"uvicorn exited:\n{proc.output[-3000:]}")
-        try:
-            return httpx.get(base + "/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(alive, timeout=30)
+    proc.wait_http_ok(base + "/health", timeout=30)
     return proc, base
 
 
