@@ -144,6 +144,11 @@ def _install_integrations(handle: Handle) -> None:
         )
         integration.install()
         handle.integrations.append(integration)
+        from .celery.beat import BeatIntegration
+
+        beat = BeatIntegration(handle.meter_provider)  # acts only in a process that runs beat
+        beat.install()
+        handle.integrations.append(beat)
     if handle.tracer_provider is not None:
         from .redis_traffic import RedisIntegration
 

@@ -35,6 +35,9 @@ What each check reads, and what it reuses:
   (one pipelined round trip on Redis). On Redis the queues kombu has bound
   (``_kombu.binding.*``) are looked at as well, so a message sent to a misspelt queue
   name is found.
+* ``beat``: the app's ``beat_schedule`` against what beat reported (the status hash
+  :mod:`otel_agensium.celery.beat` writes on a Redis broker): beat down or an entry late by
+  more than ``AGENSIUM_BEAT_TOLERANCE`` fails; no beat reporting, or another schedule, warns.
 * ``otlp``: a TCP connect (gRPC) or an empty OTLP/HTTP export to
   ``OTEL_EXPORTER_OTLP_ENDPOINT`` (``/v1/traces``, which a Collector answers with 200).
 * ``time_limits`` and ``memory_limit``: the app's ``task_soft_time_limit`` /
@@ -180,6 +183,7 @@ class Doctor:
         if broker_ok:
             workers = self._step("workers", self._workers_check)
             self._queue_checks(workers)
+            self._step("beat", self._beat_check)
         else:
             reason = "broker unreachable" if self.celery is not None else "no broker: the app did not load"
             for name in ("workers", "queues"):
@@ -515,6 +519,18 @@ class Doctor:
                       "Start the Collector (docker compose -f compose.otel.yaml up -d collector) or set "
                       "OTEL_EXPORTER_OTLP_ENDPOINT to where it listens; until then telemetry is dropped "
                       "(the app itself is not affected).", data={"endpoint": endpoint, "error": kind})
+
+    def _beat_check(self) -> Result:
+        from .celery.beat import beat_verdict, read_status, status_key
+
+        if not self.app_loaded:
+            return Result("beat", SKIPPED, "no app loaded")
+        if not self.celery.is_redis:
+            return Result("beat", SKIPPED, "beat reports its status on a Redis broker only")
+        status = self._wait(lambda: read_status(self.celery.redis_client(), self.app), "beat", self.timeout)
+        verdict, detail, fix, data = beat_verdict(self.app.conf.beat_schedule, status,
+                                                  float(self.settings.beat_tolerance), time.time())
+        return Result("beat", verdict, detail, fix, data={**data, "key": status_key(self.app)})
 
     # -- limits -------------------------------------------------------------------------
     def _time_limits_check(self) -> Result:

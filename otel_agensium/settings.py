@@ -279,6 +279,8 @@ SETTINGS: tuple[Setting, ...] = (
     _own("log_file_max_bytes", 10 * 1024 * 1024, _int_range(1024), "Rotate the log file at this size."),
     _own("log_file_backups", 5, _int_range(0, 1000), "Rotated log files kept."),
     _own("record_task_args", False, _bool, "Record task args/kwargs on spans (may hold personal data)."),
+    _own("beat_tolerance", 60.0, _float_range(0.0, 86_400.0),
+         "Seconds past its due time before `otel-agensium doctor` calls a beat entry (or beat) late."),
     _own("strict", False, _bool, "Refuse to start on a bad AGENSIUM_* value instead of using its default."),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

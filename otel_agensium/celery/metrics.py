@@ -183,3 +183,13 @@ class ProcessMetrics:
         if attrs is None or attrs["process_role"] != "child":
             return []
         return [Observation(self.memory_limit, attrs)]
+
+
+# --- celery beat (otel_agensium/celery/beat.py); labels entry, task_name ------------------
+BEAT_SENDS = "celery_beat_sends"  # a counter: _total in Prometheus
+BEAT_SEND_ERRORS = "celery_beat_send_errors"  # a counter: _total in Prometheus
+BEAT_LAST_SENT = "celery_beat_entry_last_sent_timestamp_seconds"
+BEAT_DUE = "celery_beat_entry_due_timestamp_seconds"
+BEAT_LAG = "celery_beat_entry_lag_seconds"
+BEAT_NEXT_DUE = "celery_beat_entry_next_due_timestamp_seconds"
+BEAT_NEXT_TICK = "celery_beat_next_tick_timestamp_seconds"  # no labels: beat's liveness
