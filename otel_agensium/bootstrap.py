@@ -149,6 +149,13 @@ def _install_integrations(handle: Handle) -> None:
         beat = BeatIntegration(handle.meter_provider)  # acts only in a process that runs beat
         beat.install()
         handle.integrations.append(beat)
+        if settings.worker_probe_port:
+            from .celery.probe import ProbeIntegration
+
+            probes = ProbeIntegration(settings.worker_probe_host, settings.worker_probe_port,
+                                      settings.worker_probe_stall)
+            probes.install()
+            handle.integrations.append(probes)
     if handle.tracer_provider is not None:
         from .redis_traffic import RedisIntegration
 

@@ -281,6 +281,11 @@ SETTINGS: tuple[Setting, ...] = (
     _own("record_task_args", False, _bool, "Record task args/kwargs on spans (may hold personal data)."),
     _own("beat_tolerance", 60.0, _float_range(0.0, 86_400.0),
          "Seconds past its due time before `otel-agensium doctor` calls a beat entry (or beat) late."),
+    _own("worker_probe_port", 0, _int_range(0, 65535),
+         "Celery workers serve /healthz and /readyz on this port, from the main process (0: off)."),
+    _own("worker_probe_host", "0.0.0.0", _text, "Address the worker probes bind to (the kubelet reaches the pod IP)."),
+    _own("worker_probe_stall", 60.0, _float_range(1.0, 3600.0),
+         "Seconds a connected worker's event loop may not turn before /healthz answers 503."),
     _own("strict", False, _bool, "Refuse to start on a bad AGENSIUM_* value instead of using its default."),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
