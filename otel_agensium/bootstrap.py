@@ -153,7 +153,7 @@ def _install_integrations(handle: Handle) -> None:
             from .celery.probe import ProbeIntegration
 
             probes = ProbeIntegration(settings.worker_probe_host, settings.worker_probe_port,
-                                      settings.worker_probe_stall)
+                                      settings.worker_probe_stall, handle.meter_provider)
             probes.install()
             handle.integrations.append(probes)
     if handle.tracer_provider is not None:

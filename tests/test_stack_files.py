@@ -79,6 +79,7 @@ EXTRA_METRICS = {
     "celery_beat_entry_lag_seconds",
     "celery_beat_entry_next_due_timestamp_seconds",
     "celery_beat_next_tick_timestamp_seconds",
+    "celery_worker_ready",
 }
 HISTOGRAMS = {"celery_task_duration_seconds", "celery_task_queue_wait_seconds"}
 

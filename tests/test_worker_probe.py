@@ -24,10 +24,19 @@ def _get(port: int, path: str) -> tuple[int, dict, float]:
     return response.status_code, response.json(), (time.perf_counter() - started) * 1000
 
 
+def _ready(receiver, service: str) -> int | None:
+    """The latest celery_worker_ready of that worker's main process (children report none)."""
+    points = [p for p in receiver.points("celery_worker_ready").values()
+              if p["resource"].get("service.name") == service]
+    assert len(points) <= 1, points
+    return points[0]["dp"].as_int if points else None
+
+
 def test_probes_answer_while_tasks_run_and_readiness_follows_the_broker(receiver):
     server = RedisServer().start()
     port = free_port()
     queue = f"probe-{uuid.uuid4().hex[:6]}"
+    service = f"worker-probe{queue[-6:]}"
     worker = celery_worker(APP, server.url, receiver.endpoint, queue, name=f"probe{queue[-6:]}", concurrency=2,
                            env={"AGENSIUM_WORKER_PROBE_PORT": str(port), "AGENSIUM_WORKER_PROBE_HOST": "127.0.0.1",
                                 "AGENSIUM_LOGS": "false"})
@@ -53,6 +62,7 @@ def test_probes_answer_while_tasks_run_and_readiness_follows_the_broker(receiver
                   f"over {len(ms)} probes")
             assert max(ms) < 1000  # generous: a probe must never wait for the worker
         assert "loop_age_s" in _get(port, "/healthz")[1]  # prefork: the event loop is watched
+        wait_for(lambda: _ready(receiver, service) == 1, timeout=15)
         assert [r.get(timeout=30) for r in results] == [1.5] * 4
 
         killed = time.monotonic()
@@ -62,6 +72,7 @@ def test_probes_answer_while_tasks_run_and_readiness_follows_the_broker(receiver
         status, body, _ = _get(port, "/readyz")
         print(f"/readyz 503 {not_ready_after * 1000:.0f} ms after redis-server was killed: {body}")
         assert body["status"] == "not ready" and "reconnecting" in body["reason"]
+        wait_for(lambda: _ready(receiver, service) == 0, timeout=15)  # what the dashboard shows
         outage = []
         for _ in range(25):  # 5 s of broker outage: liveness stays 200
             status, body, ms = _get(port, "/healthz")

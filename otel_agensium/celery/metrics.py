@@ -193,3 +193,6 @@ BEAT_DUE = "celery_beat_entry_due_timestamp_seconds"
 BEAT_LAG = "celery_beat_entry_lag_seconds"
 BEAT_NEXT_DUE = "celery_beat_entry_next_due_timestamp_seconds"
 BEAT_NEXT_TICK = "celery_beat_next_tick_timestamp_seconds"  # no labels: beat's liveness
+
+# --- worker probes (otel_agensium/celery/probe.py); label worker ----------------------------
+WORKER_READY = "celery_worker_ready"

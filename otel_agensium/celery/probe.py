@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -197,10 +198,15 @@ def add_probe_steps(app: Any, host: str, port: int, stall: float) -> ProbeState:
 
 
 class ProbeIntegration:
-    """Adds the probe bootsteps to every worker this process starts (``worker_init``)."""
+    """Adds the probe bootsteps to every worker this process starts (``worker_init``).
 
-    def __init__(self, host: str, port: int, stall: float) -> None:
+    With a meter provider, readiness is also exported as ``celery_worker_ready{worker}``
+    (1 or 0, from the main process only), so a dashboard shows what the kubelet sees.
+    """
+
+    def __init__(self, host: str, port: int, stall: float, meter_provider: Any = None) -> None:
         self.host, self.port, self.stall = host, port, stall
+        self.meter_provider = meter_provider
         self.state: ProbeState | None = None
         self._connected = False
 
@@ -223,5 +229,26 @@ class ProbeIntegration:
         try:
             if self.state is None and sender is not None:
                 self.state = add_probe_steps(sender.app, self.host, self.port, self.stall)
+                if self.meter_provider is not None:
+                    self._ready_gauge(str(getattr(sender, "hostname", "") or "unknown"))
         except Exception:  # noqa: BLE001 - the worker starts without probes
             report("ProbeIntegration._on_worker_init")
+
+    def _ready_gauge(self, hostname: str) -> None:
+        from ..version import __version__
+        from .metrics import METER_NAME, WORKER_READY
+
+        main_pid = os.getpid()
+        worker = hostname if len(hostname) <= 200 and hostname.isprintable() else "other"
+        state = self.state
+
+        def observe(options: Any = None) -> list[Any]:
+            from opentelemetry.metrics import Observation
+
+            if os.getpid() != main_pid or state is None:  # prefork children: not theirs to report
+                return []
+            return [Observation(1 if state.consumer_state()[0] else 0, {"worker": worker})]
+
+        meter = self.meter_provider.get_meter(METER_NAME, __version__)
+        meter.create_observable_gauge(WORKER_READY, callbacks=[observe], unit="{worker}",
+                                      description="1 while the worker consumes from the broker (its /readyz).")
