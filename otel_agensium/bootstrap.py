@@ -149,8 +149,14 @@ def _install_integrations(handle: Handle) -> None:
         beat = BeatIntegration(handle.meter_provider)  # acts only in a process that runs beat
         beat.install()
         handle.integrations.append(beat)
+        if handle.meter_provider is not None:
+            from .celery.worker_tasks import WorkerTaskGauges
+
+            held = WorkerTaskGauges(handle.meter_provider)  # acts only at worker_init
+            held.install()
+            handle.integrations.append(held)
         if settings.worker_probe_port:
-            from .celery.probe import ProbeIntegration
+            from .celery.worker_probe import ProbeIntegration
 
             probes = ProbeIntegration(settings.worker_probe_host, settings.worker_probe_port,
                                       settings.worker_probe_stall, handle.meter_provider)

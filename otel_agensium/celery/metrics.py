@@ -196,3 +196,5 @@ BEAT_NEXT_TICK = "celery_beat_next_tick_timestamp_seconds"  # no labels: beat's 
 
 # --- worker probes (otel_agensium/celery/probe.py); label worker ----------------------------
 WORKER_READY = "celery_worker_ready"
+# --- what a worker holds (otel_agensium/celery/worker_tasks.py); labels worker, queue -------
+WORKER_ETA_TASKS = "celery_worker_eta_tasks"
