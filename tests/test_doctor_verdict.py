@@ -27,7 +27,8 @@ def test_summary_counts_failed_and_warned():
 
 
 def test_line_is_one_line_with_fix_only_when_wrong():
-    assert Result("broker", FAIL, "down\nreally", "Start it.").line() == f"{'broker':<16} {'FAIL':<7} down really Fix: Start it."
+    line = Result("broker", FAIL, "down\nreally", "Start it.").line()
+    assert line == f"{'broker':<16} {'FAIL':<7} down really Fix: Start it."
     assert "Fix" not in Result("broker", OK, "up", "never shown").line()
     assert Result("workers", SKIPPED, "broker unreachable").line() == f"{'workers':<16} skipped (broker unreachable)"
 

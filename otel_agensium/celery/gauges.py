@@ -17,6 +17,7 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
+from ..integration import Integration
 from ..probe import Probe
 from ..redact import describe
 from .metrics import ACTIVE_WORKERS, METER_NAME, QUEUE_LENGTH
@@ -25,14 +26,18 @@ from .queues import CeleryQueues
 _log = logging.getLogger("otel_agensium.queues")
 
 
-class QueueGauges:
+class QueueGauges(Integration):
     """``celery_queue_length{queue}`` and ``celery_active_workers{queue}`` as observable gauges.
 
     Callbacks wait at most ``timeout`` s (less when the reader's own timeout is shorter),
     never raise, and report nothing for a collection whose check failed.
     """
 
+    name = "queue_gauges"
+    exclusive = False  # one per meter provider and broker
+
     def __init__(self, queues: CeleryQueues, meter_provider: MeterProvider, ttl: float = 1.0) -> None:
+        super().__init__()
         self.queues = queues
         self.meter_provider = meter_provider
         self.length_probe = Probe(queues.lengths, ttl, "queue-length")
@@ -40,7 +45,7 @@ class QueueGauges:
         self.enabled = False
         self._failing: dict[str, bool] = {}
 
-    def install(self) -> None:
+    def setup(self) -> None:
         from ..version import __version__
 
         meter = self.meter_provider.get_meter(METER_NAME, __version__)
@@ -53,8 +58,9 @@ class QueueGauges:
             description="Live workers consuming the queue (answering an active_queues broadcast).",
         )
         self.enabled = True
+        self.on_uninstall(self._disable)
 
-    def uninstall(self) -> None:
+    def _disable(self) -> None:
         # The SDK cannot remove an instrument; its callbacks just stop reporting.
         self.enabled = False
 
