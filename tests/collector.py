@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import yaml
 
 from tests.procs import ROOT, Proc, free_port
 
@@ -22,10 +25,43 @@ def collector_binary() -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def validate(config: Path, sets: Sequence[str] = ()) -> subprocess.CompletedProcess:
+def _is_collector_config(doc: object) -> bool:
+    return isinstance(doc, dict) and {"receivers", "exporters", "service"} <= set(doc)
+
+
+def shipped_configs() -> list[tuple[Path, str]]:
+    """(file, config text) for every Collector config the repository ships.
+
+    Plain config files under collector/ and deploy/, and configs embedded as strings in
+    Kubernetes manifests (a ConfigMap's ``data``); the builder manifest is not a config.
+    """
+    found: list[tuple[Path, str]] = []
+    paths = sorted({*ROOT.glob("collector/*.yaml"), *ROOT.glob("deploy/**/*.yaml"), *ROOT.glob("deploy/**/*.yml")})
+    for path in paths:
+        text = path.read_text()
+        try:
+            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError:
+            continue  # Helm templates are not YAML until rendered
+        for doc in docs:
+            if _is_collector_config(doc):
+                found.append((path, text if len(docs) == 1 else yaml.safe_dump(doc)))
+            elif isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
+                for value in (doc.get("data") or {}).values():
+                    try:
+                        embedded = yaml.safe_load(value)
+                    except yaml.YAMLError:
+                        continue
+                    if _is_collector_config(embedded):
+                        found.append((path, value))
+    return found
+
+
+def validate(config: Path, sets: Sequence[str] = (), env: Mapping[str, str] | None = None
+             ) -> subprocess.CompletedProcess:
     """``otelcol-agensium validate`` on ``config``: exit status and output."""
     args = [collector_binary(), "validate", "--config", str(config), *(f"--set={s}" for s in sets)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=60)
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
 class Collector:
