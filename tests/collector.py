@@ -93,3 +93,66 @@ class Collector:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _telemetry_reader(port: int) -> str:
+    """``service::telemetry::metrics::readers`` as a YAML value for ``--set``: the internal metrics on ``port``."""
+    return f"[{{pull: {{exporter: {{prometheus: {{host: 127.0.0.1, port: {port}}}}}}}}}]"
+
+
+class AgensiumCollector(Collector):
+    """collector/config.yaml as shipped, every endpoint moved onto a free local port with ``--set``.
+
+    ``tempo`` is a host:port speaking OTLP gRPC, ``loki`` an OTLP/HTTP base URL. The ports stay
+    the same across stop() and start(), so a restarted Collector is the same endpoint.
+    """
+
+    def __init__(self, tempo: str, loki: str, sets: Mapping[str, str] | None = None,
+                 name: str = "collector") -> None:
+        self.otlp_grpc_port, self.otlp_http_port = free_port(), free_port()
+        self.prometheus_port, self.telemetry_port = free_port(), free_port()
+        super().__init__(SHIPPED_CONFIG, name=name, sets={
+            "receivers::otlp::protocols::grpc::endpoint": f"127.0.0.1:{self.otlp_grpc_port}",
+            "receivers::otlp::protocols::http::endpoint": f"127.0.0.1:{self.otlp_http_port}",
+            "exporters::prometheus::endpoint": f"127.0.0.1:{self.prometheus_port}",
+            "exporters::otlp_grpc/tempo::endpoint": tempo,
+            "exporters::otlp_http/loki::endpoint": loki,
+            "service::telemetry::metrics::readers": _telemetry_reader(self.telemetry_port),
+            **(sets or {}),
+        })
+
+    @property
+    def otlp_endpoint(self) -> str:
+        """What the SDK's OTEL_EXPORTER_OTLP_ENDPOINT points at (OTLP/HTTP)."""
+        return f"http://127.0.0.1:{self.otlp_http_port}"
+
+    def scrape_configs(self) -> list[dict]:
+        """The shipped prometheus.yml's two Collector jobs, targets moved to this Collector's ports."""
+        shipped = yaml.safe_load((ROOT / "prometheus.yml").read_text())["scrape_configs"]
+        targets = {"otel-collector": self.prometheus_port, "otel-collector-internal": self.telemetry_port}
+        jobs = []
+        for job in shipped:
+            if job["job_name"] in targets:
+                jobs.append({**job, "scrape_interval": "1s", "scrape_timeout": "1s",
+                             "static_configs": [{"targets": [f"127.0.0.1:{targets[job['job_name']]}"]}]})
+        assert len(jobs) == 2, f"prometheus.yml lost a Collector job: {[j['job_name'] for j in shipped]}"
+        return jobs
+
+
+TEMPO_STANDIN = ROOT / "tests" / "tempo_standin.yaml"
+
+
+class TempoStandIn(Collector):
+    """A second otelcol-agensium in Tempo's place: OTLP gRPC in with Tempo's default 4 MiB message
+    limit, each accepted request forwarded over OTLP/HTTP to ``sink`` (a tests.otlp_receiver)."""
+
+    def __init__(self, sink: str, name: str = "tempo stand-in") -> None:
+        self.port = free_port()
+        super().__init__(TEMPO_STANDIN, name=name, sets={
+            "receivers::otlp::protocols::grpc::endpoint": f"127.0.0.1:{self.port}",
+            "exporters::otlp_http/sink::endpoint": sink,
+        })
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
