@@ -11,6 +11,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from . import providers
+from .integration import Integration
 from .settings import Settings, load
 
 _log = logging.getLogger("otel_agensium")
@@ -119,12 +120,18 @@ def _build_into(handle: Handle) -> None:
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=lambda: providers.reset_metric_state_after_fork(meter_provider))
     if settings.logs:
-        from . import logs
+        from .logs import LogsIntegration
 
-        handle.logger_provider = logs.install(settings, resource)
-        if handle.logger_provider is not None or settings.log_stdout or settings.log_file:
-            handle.integrations.append(logs)
+        logs = LogsIntegration(settings, resource)
+        _add(handle, logs)
+        handle.logger_provider = logs.provider
     _install_integrations(handle)
+
+
+def _add(handle: Handle, integration: Integration) -> None:
+    """Install all of it (or none of it: it undoes itself and raises), then hand it to the handle."""
+    integration.install()
+    handle.integrations.append(integration)
 
 
 def _install_integrations(handle: Handle) -> None:
@@ -134,43 +141,37 @@ def _install_integrations(handle: Handle) -> None:
     except ImportError:  # celery not installed: a web app that only publishes elsewhere
         CeleryIntegration = None  # type: ignore[assignment,misc]  # noqa: N806
     if CeleryIntegration is not None:
-        integration = CeleryIntegration(
+        _add(handle, CeleryIntegration(
             meter_provider=handle.meter_provider,
             tracer_provider=handle.tracer_provider,
             max_task_names=settings.max_task_names,
             flush=handle.force_flush,
             record_task_args=settings.record_task_args,
             process_metrics=settings.process_metrics,
-        )
-        integration.install()
-        handle.integrations.append(integration)
-        from .celery.beat import BeatIntegration
-
-        beat = BeatIntegration(handle.meter_provider)  # acts only in a process that runs beat
-        beat.install()
-        handle.integrations.append(beat)
-        if handle.meter_provider is not None:
-            from .celery.worker_tasks import WorkerTaskGauges
-
-            held = WorkerTaskGauges(handle.meter_provider)  # acts only at worker_init
-            held.install()
-            handle.integrations.append(held)
-        if settings.worker_probe_port:
-            from .celery.worker_probe import ProbeIntegration
-
-            probes = ProbeIntegration(settings.worker_probe_host, settings.worker_probe_port,
-                                      settings.worker_probe_stall, handle.meter_provider)
-            probes.install()
-            handle.integrations.append(probes)
+        ))
+        _install_celery_extras(handle)
     if handle.tracer_provider is not None:
         from .redis_traffic import RedisIntegration
 
-        redis_integration = RedisIntegration(handle.tracer_provider)
-        redis_integration.install()
-        handle.integrations.append(redis_integration)
+        _add(handle, RedisIntegration(handle.tracer_provider))
     if handle.tracer_provider is not None or handle.meter_provider is not None:
         from .web import FastAPIIntegration
 
-        web = FastAPIIntegration(handle.tracer_provider, handle.meter_provider, settings.http_instrumentation)
-        web.install()
-        handle.integrations.append(web)
+        _add(handle, FastAPIIntegration(handle.tracer_provider, handle.meter_provider, settings.http_instrumentation))
+
+
+def _install_celery_extras(handle: Handle) -> None:
+    """Beat, the worker's ETA gauge and the worker probes: each acts only in the process it is for."""
+    from .celery.beat import BeatIntegration
+
+    settings = handle.settings
+    _add(handle, BeatIntegration(handle.meter_provider))  # at beat_init, in a process that runs beat
+    if handle.meter_provider is not None:
+        from .celery.worker_tasks import WorkerTaskGauges
+
+        _add(handle, WorkerTaskGauges(handle.meter_provider))  # at worker_init
+    if settings.worker_probe_port:
+        from .celery.worker_probe import ProbeIntegration
+
+        _add(handle, ProbeIntegration(settings.worker_probe_host, settings.worker_probe_port,
+                                      settings.worker_probe_stall, handle.meter_provider))

@@ -12,7 +12,7 @@
 * ``GET /health/queue``: a subset of Redis INFO, the live workers per queue and the
   queue depths. 503 when one of them could not be read; no workers is data, not an error.
 
-Every check is a :class:`~otel_agensium.celery.queues.Probe`: it runs in a daemon thread
+Every check is a :class:`~otel_agensium.probe.Probe`: it runs in a daemon thread
 (the event loop never blocks), the request waits for it at most ``timeout`` seconds
 (``AGENSIUM_HEALTH_TIMEOUT``) on top of the clients' own socket timeouts, one run per
 check is in flight at a time, and its answer (success or failure) is reused for
@@ -28,10 +28,10 @@ import logging
 import time
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from .celery.queues import CeleryQueues, Probe, describe
-from .redact import redact_url
+from .celery.queues import CeleryQueues
+from .probe import Probe
+from .redact import describe, redact_url, url_password
 from .settings import load
 
 _log = logging.getLogger("otel_agensium.health")
@@ -44,16 +44,6 @@ REDIS_INFO_FIELDS = (
     "evicted_keys", "expired_keys",
 )
 NO_STORE = {"Cache-Control": "no-store"}
-
-
-def _password(url: str | None) -> str | None:
-    if not url:
-        return None
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return None
-    return unquote(password) if password else None
 
 
 class HealthChecks:
@@ -80,7 +70,7 @@ class HealthChecks:
                 max_connections=4, health_check_interval=0,
             )
             self.redis_target = redact_url(redis_url)
-            password = _password(redis_url)
+            password = url_password(redis_url)
             if password:
                 self.secrets.append(password)
         elif self.celery is not None and self.celery.is_redis:

@@ -39,7 +39,8 @@ def load_app(app_path: str | None, broker: str | None) -> Any:
 
 def collect_once(app: Any, queues: list[str] | None, out: TextIO) -> int:
     """Read depths and workers once, print them as JSON; exit status 1 when the broker could not be read."""
-    from .celery.queues import CeleryQueues, describe
+    from .celery.queues import CeleryQueues
+    from .redact import describe
     from .settings import load
 
     settings = load()
@@ -72,7 +73,7 @@ def run(app_path: str | None = None, broker: str | None = None, queues: list[str
         return collect_once(app, queues, out)
 
     from . import configure
-    from .celery.queues import install_queue_gauges
+    from .celery.gauges import install_queue_gauges
 
     overrides: dict[str, Any] = {}
     if "OTEL_SERVICE_NAME" not in os.environ:

@@ -26,6 +26,7 @@ from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY, u
 from opentelemetry.trace import TracerProvider
 
 from .errors import report
+from .integration import Integration
 
 CELERY_KEY_PREFIXES = (
     b"celery-task-meta-",
@@ -97,21 +98,22 @@ def _execute_pipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs
     return _call(wrapped, args, kwargs, trace_it)
 
 
-class RedisIntegration:
+class RedisIntegration(Integration):
+    name = "redis"
+
     def __init__(self, tracer_provider: TracerProvider) -> None:
+        super().__init__()
         self.tracer_provider = tracer_provider
-        self._instrumentor = RedisInstrumentor()
 
-    def install(self) -> None:
-        self._instrumentor.instrument(tracer_provider=self.tracer_provider)
-        # Installed after (outside) the instrumentor's wrappers so it decides first.
-        wrapt.wrap_function_wrapper("redis", "Redis.execute_command", _execute_command)
-        wrapt.wrap_function_wrapper("redis.client", "Pipeline.execute", _execute_pipeline)
-
-    def uninstall(self) -> None:
+    def setup(self) -> None:
         import redis
         import redis.client
 
-        unwrap(redis.Redis, "execute_command")
-        unwrap(redis.client.Pipeline, "execute")
-        self._instrumentor.uninstrument()
+        instrumentor = RedisInstrumentor()
+        instrumentor.instrument(tracer_provider=self.tracer_provider)
+        self.on_uninstall(instrumentor.uninstrument, "RedisInstrumentor.uninstrument")
+        # Installed after (outside) the instrumentor's wrappers so it decides first.
+        wrapt.wrap_function_wrapper("redis", "Redis.execute_command", _execute_command)
+        self.on_uninstall(lambda: unwrap(redis.Redis, "execute_command"), "unwrap Redis.execute_command")
+        wrapt.wrap_function_wrapper("redis.client", "Pipeline.execute", _execute_pipeline)
+        self.on_uninstall(lambda: unwrap(redis.client.Pipeline, "execute"), "unwrap Pipeline.execute")

@@ -29,6 +29,8 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from .integration import Integration
+
 EXCLUDED_SPANS = ["receive", "send"]
 # Semantic-convention buckets for http.server.request.duration, in seconds.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
@@ -118,12 +120,14 @@ class LeanASGIMiddleware:
             pass
 
 
-class FastAPIIntegration:
+class FastAPIIntegration(Integration):
+    name = "web"
+
     def __init__(self, tracer_provider: Any, meter_provider: Any, mode: str = "lean") -> None:
+        super().__init__()
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.mode = mode
-        self._instrumentor: Any = None
         self._tracer: Any = None
         self._duration: Any = None
         self._excluded: Any = None
@@ -149,12 +153,15 @@ class FastAPIIntegration:
             kwargs["telemetry"] = dict(_NATIVE_OFF)
         return wrapped(*args, **kwargs)
 
-    def install(self) -> None:
+    def setup(self) -> None:
+        import fastapi
+
         if self.mode == "contrib":
             from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-            self._instrumentor = FastAPIInstrumentor()
-            self._instrumentor.instrument(**self._contrib_kwargs())
+            instrumentor = FastAPIInstrumentor()
+            instrumentor.instrument(**self._contrib_kwargs())
+            self.on_uninstall(instrumentor.uninstrument, "FastAPIInstrumentor.uninstrument")
             return
         from opentelemetry.util.http import get_excluded_urls
 
@@ -169,10 +176,10 @@ class FastAPIIntegration:
             )
         self._excluded = get_excluded_urls("FASTAPI")
         wrapt.wrap_function_wrapper("fastapi", "FastAPI.build_middleware_stack", self._wrap_stack)
-        import fastapi
-
+        self.on_uninstall(lambda: unwrap(fastapi.FastAPI, "build_middleware_stack"), "unwrap build_middleware_stack")
         if hasattr(fastapi, "telemetry"):  # FastAPI versions with native OpenTelemetry support
             wrapt.wrap_function_wrapper("fastapi", "FastAPI.__init__", self._native_off)
+            self.on_uninstall(lambda: unwrap(fastapi.FastAPI, "__init__"), "unwrap FastAPI.__init__")
 
     def instrument_app(self, app: Any) -> None:
         if self.mode == "contrib":
@@ -187,13 +194,3 @@ class FastAPIIntegration:
         stack = getattr(app, "middleware_stack", None)
         if stack is not None and not isinstance(stack, LeanASGIMiddleware):
             app.middleware_stack = LeanASGIMiddleware(stack, self._tracer, self._duration, self._excluded)
-
-    def uninstall(self) -> None:
-        if self._instrumentor is not None:
-            self._instrumentor.uninstrument()
-            return
-        import fastapi
-
-        unwrap(fastapi.FastAPI, "build_middleware_stack")
-        if hasattr(fastapi, "telemetry"):
-            unwrap(fastapi.FastAPI, "__init__")

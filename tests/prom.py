@@ -99,11 +99,14 @@ def write_config(
     metrics_path: str = "/metrics",
     honor_labels: bool = True,
     rule_files: Sequence[str | Path] = (),
+    scrape_configs: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Writes a prometheus.yml scraping `scrape_targets` ("host:port") as one job.
 
     honor_labels keeps the job/instance labels an OTel Prometheus exporter sets
     from service.name/service.instance.id, as prometheus.yml does in the stack.
+    `scrape_configs` are further jobs, taken as they are (e.g. the shipped
+    prometheus.yml's jobs with their targets moved to local ports).
     """
     config: dict[str, Any] = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
@@ -120,6 +123,7 @@ def write_config(
                 "static_configs": [{"targets": list(scrape_targets)}],
             }
         )
+    config["scrape_configs"].extend(dict(job) for job in scrape_configs)
     if rule_files:
         config["rule_files"] = [str(Path(p).resolve()) for p in rule_files]
     # JSON is YAML: no yaml dependency needed here.
@@ -135,6 +139,7 @@ def start_prometheus(
     job_name: str = "app",
     metrics_path: str = "/metrics",
     rule_files: Sequence[str | Path] = (),
+    scrape_configs: Sequence[Mapping[str, Any]] = (),
     extra_args: Sequence[str] = (),
     timeout: float = 30.0,
 ) -> PrometheusServer:
@@ -158,6 +163,7 @@ def start_prometheus(
         job_name=job_name,
         metrics_path=metrics_path,
         rule_files=rule_files,
+        scrape_configs=scrape_configs,
     )
     last_error: PrometheusError | None = None
     # A free port can be taken between free_port() and the bind: retry on a new one.
@@ -277,6 +283,14 @@ def wait_for_result(server: PrometheusServer | str, expr: str, timeout: float = 
         if time.monotonic() > deadline:
             raise PrometheusError(f"no data after {timeout}s for: {expr}")
         time.sleep(interval)
+
+
+def query_exemplars(server: PrometheusServer | str, expr: str, start: float, end: float) -> list[dict]:
+    """Exemplars stored for the series of `expr` between `start` and `end` (unix seconds)."""
+    body = api_get(server, "/api/v1/query_exemplars", {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}"})
+    if body.get("status") != "success":
+        raise PrometheusError(f"{body.get('errorType')}: {body.get('error')} in exemplar query: {expr}")
+    return body["data"]
 
 
 def expand_grafana_variables(expr: str, values: Mapping[str, str] | None = None) -> str:

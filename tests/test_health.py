@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from otel_agensium.celery.queues import describe, scrub
+from otel_agensium.redact import describe, scrub
 from tests.otlp_receiver import wait_for
 from tests.procs import BIN, Proc, RedisServer, celery_worker, free_port
 

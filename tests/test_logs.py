@@ -211,9 +211,9 @@ def test_bound_fields_only_inside_the_block(worker, workload):
 def test_celery_logging_setup_keeps_our_handlers_once(workload):
     handlers = workload["handlers"]
     # Celery replaced the root handlers and set up its task logger in the worker; ours are back, once
-    assert handlers["root"] == ["ours:logging.StreamHandler", "ours:otel_agensium.logs.OTLPHandler"], handlers
+    assert handlers["root"] == ["ours:logging.StreamHandler", "ours:otel_agensium.logs.otlp.OTLPHandler"], handlers
     task_logger = [h for h in handlers["celery.task"] if h != "logging.NullHandler"]
-    assert task_logger == ["ours:logging.StreamHandler", "ours:otel_agensium.logs.OTLPHandler"], handlers
+    assert task_logger == ["ours:logging.StreamHandler", "ours:otel_agensium.logs.otlp.OTLPHandler"], handlers
 
 
 def test_lines_outside_tasks_have_no_stale_context(worker, workload):

@@ -2,10 +2,12 @@
 
 Run for real: promtool (check config, check rules, test rules), amtool
 (check-config) and a Prometheus server that parses and runs every PromQL
-expression of the dashboards, the alerts and the datasource links. Not runnable
-here (no container engine, no binaries): the Collector, Tempo, Loki and Grafana;
-their files are checked for structure and for agreement with each other and with
-compose.otel.yaml (names, ports, uids, mounts).
+expression of the dashboards, the alerts and the datasource links; Grafana's own
+LogQL/TraceQL parsers in tests/test_query_parsers.py; the Collector in the tests
+that run the built otelcol-agensium. Not runnable here (no container engine, no
+binaries): Tempo, Loki, Grafana and the images; their files are checked for
+structure and for agreement with each other and with compose.otel.yaml (names,
+ports, uids, mounts, the faults found by reading the pinned releases' source).
 
 Needs pyyaml and jsonschema; the promtool/prometheus/amtool tests skip when the
 Debian packages `prometheus` / `prometheus-alertmanager` are missing.
@@ -21,7 +23,7 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 import pytest
@@ -40,6 +42,7 @@ from tests.prom import (
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "compose.otel.yaml"
 COLLECTOR = REPO / "collector" / "config.yaml"
+COLLECTOR_MANIFEST = REPO / "collector" / "builder-config.yaml"
 PROMETHEUS = REPO / "prometheus.yml"
 ALERTS = REPO / "alerts.yml"
 ALERTS_TEST = REPO / "tests" / "rules" / "alerts_test.yml"
@@ -267,6 +270,37 @@ def test_dependencies_wait_for_health_only_where_there_is_one():
                 assert "healthcheck" in services[dependency], f"{name} waits for {dependency}'s missing healthcheck"
 
 
+def test_distroless_images_check_health_with_their_own_binary():
+    # Tempo 3 and Loki 3.7 images are distroless (no shell, no wget): their binaries'
+    # -health flag GETs /ready on the port the config listens on.
+    services = compose()["services"]
+    for name, binary, config in (("tempo", "/tempo", TEMPO), ("loki", "/usr/bin/loki", LOKI)):
+        test = services[name]["healthcheck"]["test"]
+        assert test == ["CMD", binary, "-health"], f"{name}: {test}"
+        assert load_yaml(config)["server"]["http_listen_port"] == {"tempo": 3200, "loki": 3100}[name]
+
+
+def test_redis_runs_through_the_entrypoints_privilege_drop():
+    # The image's entrypoint drops root (gosu/su-exec redis) only when the command
+    # starts with `redis-server`, an option or a .conf file; `sh -c ...` skipped it.
+    redis = compose()["services"]["redis"]
+    command = redis["command"]
+    assert isinstance(command, list), "a string command is run through a shell"
+    assert command[0] == "redis-server" or command[0].startswith("-") or command[0].endswith(".conf"), command
+    assert "sh" not in command and "-c" not in command, command
+    assert "entrypoint" not in redis and "user" not in redis
+    # Its settings come from a compose config mounted where the command reads them.
+    mounts = {c["target"]: c["source"] for c in redis["configs"]}
+    config_path = next(part for part in command if part.endswith(".conf"))
+    content = compose()["configs"][mounts[config_path]]["content"]
+    settings = dict(line.split(" ", 1) for line in content.strip().splitlines())
+    assert settings["requirepass"].startswith("${REDIS_PASSWORD:?")
+    assert settings["maxmemory-policy"] == "noeviction"
+    assert settings["appendonly"] == "yes"
+    # No password on any command line (`ps` shows those).
+    assert not any("PASSWORD" in str(part) for part in command)
+
+
 def strings_in(node: Any) -> Iterator[str]:
     """Every string in a parsed YAML/JSON document (keys and values): what the comments do not say."""
     if isinstance(node, str):
@@ -373,8 +407,10 @@ def test_collector_exporters_reach_compose_services():
     config = collector()
     pipelines = config["service"]["pipelines"]
     assert pipelines["metrics"]["exporters"] == ["prometheus"]
-    assert [e.split("/")[0] for e in pipelines["traces"]["exporters"]] == ["otlp"]
-    assert [e.split("/")[0] for e in pipelines["logs"]["exporters"]] == ["otlphttp"]
+    # otlp_grpc/otlp_http are the exporters' type names in 0.161.0; otlp/otlphttp are
+    # deprecated aliases that release still accepts.
+    assert [e.split("/")[0] for e in pipelines["traces"]["exporters"]] in (["otlp"], ["otlp_grpc"])
+    assert [e.split("/")[0] for e in pipelines["logs"]["exporters"]] in (["otlphttp"], ["otlp_http"])
     for name, exporter in config["exporters"].items():
         if name == "prometheus":
             continue
@@ -393,7 +429,11 @@ def test_collector_exporters_reach_compose_services():
 def test_collector_prometheus_exporter_keeps_exemplars_and_spec_names():
     exporter = collector()["exporters"]["prometheus"]
     assert exporter["enable_open_metrics"] is True
-    assert exporter["add_metric_suffixes"] is True
+    # Type and unit suffixes: the older switch, or its successor's equivalent value.
+    assert exporter.get("add_metric_suffixes") is True or exporter.get("translation_strategy") in (
+        "UnderscoreEscapingWithSuffixes",
+        "NoUTF8EscapingWithSuffixes",
+    )
     assert exporter["resource_to_telemetry_conversion"]["enabled"] is False
     assert "namespace" not in exporter, "a namespace would prefix every SPEC name"
     port = int(exporter["endpoint"].rsplit(":", 1)[1])
@@ -403,10 +443,13 @@ def test_collector_prometheus_exporter_keeps_exemplars_and_spec_names():
     assert jobs["otel-collector"]["honor_labels"] is True
 
 
-def test_collector_image_is_the_version_the_config_was_written_for():
+def test_collector_image_is_the_release_the_manifest_builds():
+    # The tests run otelcol-agensium built from the manifest; compose runs the
+    # contrib image of the same release, which reads the same config.
     image = compose()["services"]["collector"]["image"]
-    assert image.startswith("otel/opentelemetry-collector-contrib:")
-    assert image in COLLECTOR.read_text()
+    repo, _, tag = image.rpartition(":")
+    assert repo == "otel/opentelemetry-collector-contrib"
+    assert tag == str(load_yaml(COLLECTOR_MANIFEST)["dist"]["version"])
 
 
 # ----------------------------------------------------------------------- prometheus, alertmanager
@@ -562,6 +605,36 @@ def test_drill_down_links_metrics_traces_and_logs():
     assert any(f["matcherRegex"] == "trace_id" and f["datasourceUid"] == "tempo" for f in derived)
 
 
+def test_the_task_logs_link_carries_its_logql_where_loki_reads_it():
+    # Grafana builds an internal derived-field link's query as {query: <url>,
+    # queryType}; the Loki datasource reads `expr`. So no internal link may point
+    # at a Loki datasource: the task_id link is an Explore URL with `expr` set.
+    sources = {ds["uid"]: ds for ds in datasources()}
+    loki_uids = {uid for uid, ds in sources.items() if ds["type"] == "loki"}
+    derived = {f["name"]: f for f in sources["loki"]["jsonData"]["derivedFields"]}
+    for field in derived.values():
+        assert field.get("datasourceUid") not in loki_uids, f"derived field {field['name']} opens an empty Loki query"
+    link = derived["task_id"]
+    assert link["matcherType"] == "label" and link["matcherRegex"] == "task_id"
+    parts = urlsplit(link["url"])
+    assert parts.path == "/explore"
+    panes = json.loads(parse_qs(parts.query)["panes"][0])
+    (pane,) = panes.values()
+    (loki_query,) = pane["queries"]
+    assert loki_query["datasource"] == {"type": "loki", "uid": "loki"}
+    assert loki_query["expr"] == '{service_name=~".+"} | task_id="$${__value.raw}"'
+    assert "query" not in loki_query
+
+
+def test_exemplar_trace_id_label_is_the_same_everywhere():
+    # The Collector's prometheus exporter names it trace_id (otlptranslator's
+    # ExemplarTraceIDKey); Tempo's span metrics default to traceID unless told.
+    sources = {ds["uid"]: ds for ds in datasources()}
+    names = {d["name"] for d in sources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]}
+    tempo_label = load_yaml(TEMPO)["overrides"]["defaults"]["metrics_generator"]["trace_id_label_name"]
+    assert names == {"trace_id"} and tempo_label == "trace_id"
+
+
 def test_grafana_link_variables_are_escaped_from_env_expansion():
     # Grafana expands $VAR/${VAR} in provisioning files; its own ${__...} must be written $${__...}.
     for text in strings_in(load_yaml(DATASOURCES)):
@@ -678,11 +751,26 @@ def test_tempo_and_loki_configs_fit_the_stack():
         assert urlsplit(target["url"]).path == "/api/v1/write"
     assert set(tempo["overrides"]["defaults"]["metrics_generator"]["processors"]) >= {"service-graphs"}
 
+    # Tempo 3 has no ingester or compactor; the keys 2.x used are refused (strict parsing).
+    assert not {"ingester", "compactor", "ingester_client"} & set(tempo)
+    assert "traces_storage" not in tempo["metrics_generator"]
+
     loki = load_yaml(LOKI)
     assert loki["server"]["http_listen_port"] in container_ports(compose()["services"]["loki"])
+    # Traces and logs are kept equally long.
+    assert tempo["backend_worker"]["compaction"]["block_retention"] == loki["limits_config"]["retention_period"]
     assert loki["limits_config"]["allow_structured_metadata"] is True
     schema = loki["schema_config"]["configs"][-1]
     assert (schema["store"], schema["schema"]) == ("tsdb", "v13"), "structured metadata needs tsdb + v13"
+
+
+def test_loki_indexes_no_per_process_resource_attribute():
+    # Loki's default OTLP index labels include service.instance.id, which the
+    # package sets per process: each prefork child would be a new stream.
+    labels = load_yaml(LOKI)["distributor"]["otlp_config"]["default_resource_attributes_as_index_labels"]
+    assert "service.name" in labels
+    assert not {"service.instance.id", "process.pid", "host.name"} & set(labels), labels
+    assert len(labels) == len(set(labels))
 
 
 # ----------------------------------------------------------------------- PromQL on a real Prometheus

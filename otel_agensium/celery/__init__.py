@@ -40,6 +40,7 @@ from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.trace import TracerProvider
 
 from ..errors import guarded
+from ..integration import Integration
 from .metrics import ProcessMetrics, TaskMetrics
 from .utils import SENT_AT_HEADER, BoundedLabels, queue_of
 
@@ -48,8 +49,10 @@ TASK_NAME_ATTRIBUTE = "celery.task_name"
 MAX_ARGS_REPR = 1024
 
 
-class CeleryIntegration:
+class CeleryIntegration(Integration):
     """Connects the signal handlers; ``uninstall()`` disconnects exactly what ``install()`` did."""
+
+    name = "celery"
 
     def __init__(
         self,
@@ -60,19 +63,19 @@ class CeleryIntegration:
         record_task_args: bool = False,
         process_metrics: bool = True,
     ) -> None:
+        super().__init__()
         self.metrics = TaskMetrics.create(meter_provider) if meter_provider is not None else None
         self.tracer_provider = tracer_provider
         self.labels = BoundedLabels(max_task_names)
         self.record_task_args = record_task_args
         self._flush = flush
         self._started: dict[str, float] = {}
-        self._instrumentor: CeleryInstrumentor | None = None
-        self._connected: list[tuple[Any, Callable[..., Any]]] = []
         self.want_process_metrics = process_metrics
         self.process_metrics: ProcessMetrics | None = None
 
     # -- install / uninstall -------------------------------------------------------
-    def install(self) -> None:
+    def setup(self) -> None:
+        self.on_uninstall(self._stop_process_metrics)
         self._connect(signals.before_task_publish, self._on_before_publish)
         self._connect(signals.task_received, self._on_received)
         self._connect(signals.task_postrun, self._on_postrun)  # before the instrumentor's
@@ -84,24 +87,19 @@ class CeleryIntegration:
         self._connect(signals.worker_process_shutdown, self._on_process_shutdown)
         self._connect(signals.worker_shutdown, self._on_process_shutdown)
         if self.tracer_provider is not None:
-            self._instrumentor = CeleryInstrumentor()
+            instrumentor = CeleryInstrumentor()
             # Our own duration histogram replaces the instrumentor's flower.* metric.
-            self._instrumentor.instrument(tracer_provider=self.tracer_provider, meter_provider=NoOpMeterProvider())
+            instrumentor.instrument(tracer_provider=self.tracer_provider, meter_provider=NoOpMeterProvider())
+            self.on_uninstall(instrumentor.uninstrument, "CeleryInstrumentor.uninstrument")
         self._connect(signals.task_prerun, self._on_prerun)  # after the instrumentor's
 
-    def uninstall(self) -> None:
+    def _stop_process_metrics(self) -> None:
         if self.process_metrics is not None:
             self.process_metrics.stop()  # the SDK cannot remove instruments; their callbacks go quiet
-        for signal, handler in self._connected:
-            signal.disconnect(handler)
-        self._connected.clear()
-        if self._instrumentor is not None:
-            self._instrumentor.uninstrument()
-            self._instrumentor = None
 
     def _connect(self, signal: Any, handler: Callable[..., Any]) -> None:
         signal.connect(handler, weak=False)
-        self._connected.append((signal, handler))
+        self.on_uninstall(lambda: signal.disconnect(handler), f"{signal.name}.disconnect")
 
     # -- signal handlers -------------------------------------------------------------
     @guarded

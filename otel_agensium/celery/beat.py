@@ -46,6 +46,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from ..errors import guarded, report
+from ..integration import Integration, connect
 from .metrics import (
     BEAT_DUE,
     BEAT_LAG,
@@ -103,39 +104,29 @@ class _Sending(threading.local):
     published: bool = False
 
 
-class BeatIntegration:
+class BeatIntegration(Integration):
     """Connects the beat signals; ``uninstall()`` restores every scheduler it wrapped."""
 
+    name = "celery-beat"
+
     def __init__(self, meter_provider: MeterProvider | None, write_status: bool = True) -> None:
+        super().__init__()
         self.meter_provider = meter_provider
         self.write_status = write_status
         self.entries: dict[str, EntryState] = {}
         self.next_tick: float | None = None
         self._lock = threading.Lock()
         self._sending = _Sending()
-        self._connected: list[tuple[Any, Callable[..., Any]]] = []
-        self._wrapped: list[Any] = []
         self._counters: tuple[Any, Any] | None = None
         self._status: Any = None  # (redis client, key) on a Redis broker
 
     # -- install / uninstall -------------------------------------------------------
-    def install(self) -> None:
+    def setup(self) -> None:
         for signal, handler in ((signals.beat_init, self._on_beat_init),
                                 (signals.beat_embedded_init, self._on_beat_init),
                                 (signals.before_task_publish, self._on_before_publish),
                                 (signals.after_task_publish, self._on_after_publish)):
-            signal.connect(handler, weak=False)
-            self._connected.append((signal, handler))
-
-    def uninstall(self) -> None:
-        for signal, handler in self._connected:
-            signal.disconnect(handler)
-        self._connected.clear()
-        for scheduler in self._wrapped:
-            for name in ("apply_entry", "tick"):
-                scheduler.__dict__.pop(name, None)
-            scheduler.__dict__.pop("_agensium_beat", None)
-        self._wrapped.clear()
+            connect(self, signal, handler)
 
     # -- the scheduler -------------------------------------------------------------
     @guarded
@@ -165,7 +156,7 @@ class BeatIntegration:
 
         scheduler.apply_entry, scheduler.tick = wrapped_apply_entry, wrapped_tick
         scheduler._agensium_beat = True
-        self._wrapped.append(scheduler)
+        self.on_uninstall(lambda: _unwrap(scheduler), "scheduler unwrap")
         self._open_status(scheduler.app)
         self._seed(scheduler)
 
@@ -313,6 +304,11 @@ class BeatIntegration:
                 pipe.execute()
         except Exception as exc:  # noqa: BLE001 - the broker is down: beat's own send fails and says so
             _log.debug("otel-agensium: beat status not written: %s", exc)
+
+
+def _unwrap(scheduler: Any) -> None:
+    for name in ("apply_entry", "tick", "_agensium_beat"):
+        scheduler.__dict__.pop(name, None)
 
 
 def read_status(client: Any, app: Any) -> dict[str, dict[str, Any]]:

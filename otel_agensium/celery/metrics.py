@@ -16,7 +16,9 @@ from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Me
 
 # The seed's buckets, in seconds; dashboards and alerts depend on them (+Inf is implicit).
 # Integers on purpose: the Python Prometheus exporter prints a bound as Python formats
-# it, and le="1800" (as the Collector writes it) differs from le="1800.0" in Prometheus.
+# it (le="1800"). The Collector's prometheus exporter, with OpenMetrics on, writes
+# le="1800.0", and Prometheus 3 normalises every le to that float form on ingestion;
+# so the dashboards and alerts never name a bound, they only sum by (le).
 DURATION_BUCKETS = (5, 10, 30, 60, 120, 300, 600, 1200, 1800)
 # Queue wait (publish to start) is usually far shorter than a run; finer low buckets.
 QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)

@@ -38,6 +38,9 @@ from typing import Any
 
 from celery import bootsteps
 
+from ..errors import report
+from ..integration import Integration, connect
+
 _log = logging.getLogger("otel_agensium.probe")
 
 STAMP_EVERY = 1.0  # seconds between the event loop's time stamps
@@ -197,35 +200,27 @@ def add_probe_steps(app: Any, host: str, port: int, stall: float) -> ProbeState:
     return state
 
 
-class ProbeIntegration:
+class ProbeIntegration(Integration):
     """Adds the probe bootsteps to every worker this process starts (``worker_init``).
 
     With a meter provider, readiness is also exported as ``celery_worker_ready{worker}``
     (1 or 0, from the main process only), so a dashboard shows what the kubelet sees.
     """
 
+    name = "celery-worker-probes"
+
     def __init__(self, host: str, port: int, stall: float, meter_provider: Any = None) -> None:
+        super().__init__()
         self.host, self.port, self.stall = host, port, stall
         self.meter_provider = meter_provider
         self.state: ProbeState | None = None
-        self._connected = False
 
-    def install(self) -> None:
+    def setup(self) -> None:
         from celery import signals
 
-        signals.worker_init.connect(self._on_worker_init, weak=False)
-        self._connected = True
-
-    def uninstall(self) -> None:
-        from celery import signals
-
-        if self._connected:
-            signals.worker_init.disconnect(self._on_worker_init)
-            self._connected = False
+        connect(self, signals.worker_init, self._on_worker_init)
 
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
-        from ..errors import report
-
         try:
             if self.state is None and sender is not None:
                 self.state = add_probe_steps(sender.app, self.host, self.port, self.stall)

@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Any
 
 from ..errors import report
+from ..integration import Integration, connect
 from .metrics import METER_NAME, WORKER_ETA_TASKS
 from .utils import MAX_LABEL_LENGTH, OTHER, queue_of
 
@@ -42,28 +43,25 @@ def eta_counts() -> Counter[str]:
     return counts
 
 
-class WorkerTaskGauges:
+class WorkerTaskGauges(Integration):
     """Registers ``celery_worker_eta_tasks`` at ``worker_init`` (the worker's main process)."""
 
+    name = "celery-worker-tasks"
+
     def __init__(self, meter_provider: Any) -> None:
+        super().__init__()
         self.meter_provider = meter_provider
         self.main_pid: int | None = None
         self.worker = "unknown"
         self._queues_seen: set[str] = set()
-        self._connected = False
 
-    def install(self) -> None:
+    def setup(self) -> None:
         from celery import signals
 
-        signals.worker_init.connect(self._on_worker_init, weak=False)
-        self._connected = True
+        connect(self, signals.worker_init, self._on_worker_init)
+        self.on_uninstall(self._quiet)
 
-    def uninstall(self) -> None:
-        from celery import signals
-
-        if self._connected:
-            signals.worker_init.disconnect(self._on_worker_init)
-            self._connected = False
+    def _quiet(self) -> None:
         self.main_pid = None  # the instrument stays (the SDK cannot remove it); it reports nothing
 
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:

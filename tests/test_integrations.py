@@ -1,0 +1,124 @@
+"""All-or-nothing set-up: an integration that fails half way leaves nothing behind, and a second
+install is refused. The failure is injected into a real dependency (the contrib Celery instrumentor,
+the URL-exclusion helper the web integration reads) of a real ``configure()`` in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from otel_agensium.integration import Integration, IntegrationError, installed
+from tests.procs import ROOT
+
+# Runs in a fresh interpreter: configure() and the patches it makes are process-wide.
+_SCRIPT = r"""
+import json, logging, sys
+import fastapi, redis, redis.client
+import opentelemetry.util.http
+from celery import signals
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+SIGNALS = [name for name in dir(signals) if isinstance(getattr(signals, name), signals.Signal)]
+
+def state():
+    return {
+        "receivers": {name: len(getattr(signals, name).receivers) for name in SIGNALS},
+        "root_handlers": [type(h).__name__ for h in logging.getLogger().handlers],
+        "redis_wrapped": hasattr(redis.Redis.execute_command, "__wrapped__"),
+        "pipeline_wrapped": hasattr(redis.client.Pipeline.execute, "__wrapped__"),
+        "fastapi_wrapped": hasattr(fastapi.FastAPI.build_middleware_stack, "__wrapped__"),
+    }
+
+def boom(*args, **kwargs):
+    raise RuntimeError("injected failure")
+
+where = sys.argv[1]
+if where == "celery":  # after ten signal handlers are connected
+    CeleryInstrumentor._instrument = boom
+elif where == "web":  # the last integration: logs, celery and redis are already in
+    opentelemetry.util.http.get_excluded_urls = boom
+
+before = state()
+import otel_agensium
+from otel_agensium.integration import installed
+
+handle = otel_agensium.configure(service_name="failure-path", otlp=False, log_stdout=False,
+                                 log_file=sys.argv[2])
+print(json.dumps({"before": before, "after": state(), "enabled": handle.enabled,
+                  "integrations": len(handle.integrations), "installed": sorted(installed())}))
+"""
+
+
+def _configure_with_failure(where: str, tmp_path) -> tuple[dict, str]:
+    env_path = str(ROOT)
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, where, str(tmp_path / "app.log")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+@pytest.mark.parametrize("where", ["celery", "web"])
+def test_a_failing_integration_leaves_nothing_behind(where, tmp_path):
+    report, stderr = _configure_with_failure(where, tmp_path)
+    assert report["enabled"] is False and report["integrations"] == 0
+    assert report["after"] == report["before"]  # no signal receiver, log handler or wrapper left
+    assert report["installed"] == []
+    assert "set-up failed (RuntimeError: injected failure); the application runs without telemetry" in stderr
+
+
+def test_without_a_failure_the_same_script_installs_everything(tmp_path):
+    report, _ = _configure_with_failure("none", tmp_path)
+    assert report["enabled"] is True
+    assert report["installed"] == ["celery", "logs", "redis", "web"]
+    after, before = report["after"], report["before"]
+    assert after["receivers"]["task_prerun"] == before["receivers"]["task_prerun"] + 2  # ours + the tracer's
+    assert after["redis_wrapped"] and after["pipeline_wrapped"] and after["fastapi_wrapped"]
+    assert after["root_handlers"] == [*before["root_handlers"], "RotatingFileHandler"]
+
+
+class _Steps(Integration):
+    name = "test-steps"
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+        self.done: list[int] = []
+
+    def setup(self) -> None:
+        for step in range(3):
+            if step == self.fail_at:
+                raise ValueError(f"step {step} failed")
+            self.done.append(step)
+            self.on_uninstall(lambda step=step: self.done.remove(step))
+
+
+def test_a_failed_setup_takes_back_the_steps_done_and_can_be_retried():
+    broken = _Steps(fail_at=2)
+    with pytest.raises(ValueError, match="step 2 failed"):
+        broken.install()
+    assert broken.done == [] and not broken.installed and "test-steps" not in installed()
+    working = _Steps()
+    working.install()
+    try:
+        assert working.done == [0, 1, 2] and installed()["test-steps"] is working
+    finally:
+        working.uninstall()
+    assert working.done == [] and "test-steps" not in installed()
+    working.uninstall()  # twice is harmless
+
+
+def test_a_second_install_is_refused():
+    first = _Steps()
+    first.install()
+    try:
+        with pytest.raises(IntegrationError, match="already installed"):
+            first.install()
+        with pytest.raises(IntegrationError, match="already installed in this process"):
+            _Steps().install()
+        assert first.done == [0, 1, 2]  # the refused installs changed nothing
+    finally:
+        first.uninstall()
