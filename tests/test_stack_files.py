@@ -83,6 +83,13 @@ EXTRA_METRICS = {
     "celery_beat_entry_next_due_timestamp_seconds",
     "celery_beat_next_tick_timestamp_seconds",
     "celery_worker_ready",
+    "celery_worker_eta_tasks",
+    "celery_queue_unacked",
+    "celery_queue_eta_held",
+    "celery_queue_oldest_message_age_seconds",
+    "celery_queue_backlog",
+    "celery_queue_consumer_concurrency",
+    "celery_queue_load",
 }
 HISTOGRAMS = {"celery_task_duration_seconds", "celery_task_queue_wait_seconds"}
 

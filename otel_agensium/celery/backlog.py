@@ -186,3 +186,66 @@ def worker_concurrency(app: Any, connection: Any, timeout: float) -> dict[str, i
         size = pool.get("max-concurrency")
         out[str(worker)] = int(size) if isinstance(size, int) and size > 0 else 1
     return out
+
+
+@dataclass
+class QueueFigures:
+    """One queue's backlog at one collection. ``None``: not measurable on this broker."""
+
+    waiting: int
+    unacked: int | None
+    eta_held: int | None
+    oldest_age: float | None
+    concurrency: int  # total pool size of the live workers consuming the queue
+
+    @property
+    def backlog(self) -> int:
+        """Tasks due now and not started: waiting in the broker, plus delivered-unacknowledged minus ETA-held."""
+        return self.waiting + (self.unacked or 0) - (self.eta_held or 0)
+
+    @property
+    def load(self) -> float | None:
+        """Backlog per pool slot of the consuming workers; None when no worker consumes the queue."""
+        return self.backlog / self.concurrency if self.concurrency else None
+
+
+def figures(lengths: dict[str, int], by_queue: dict[str, list[str]], concurrency: dict[str, int],
+            unacked: Unacked | None = None, ages: dict[str, float] | None = None) -> dict[str, QueueFigures]:
+    """Combine the reads of one collection, per queue of ``lengths``."""
+    out = {}
+    for queue, waiting in lengths.items():
+        slots = sum(concurrency.get(worker, 1) for worker in by_queue.get(queue, ()))
+        out[queue] = QueueFigures(
+            waiting=waiting,
+            unacked=unacked.unacked.get(queue, 0) if unacked is not None else None,
+            eta_held=unacked.eta_held.get(queue, 0) if unacked is not None else None,
+            oldest_age=(ages or {}).get(queue) if ages is not None else None,
+            concurrency=slots,
+        )
+    return out
+
+
+def read_figures(watched: Any, reader: RedisBacklog | None, by_queue: dict[str, list[str]],
+                 concurrency: dict[str, int]) -> dict[str, QueueFigures]:
+    """Depths, then (on Redis) the unacked hash and the list tails, read back to back for ``watched``'s queues."""
+    queues = watched.queues()
+    lengths = watched.lengths(queues)
+    if reader is None:
+        return figures(lengths, by_queue, concurrency)
+    now = time.time()
+    return figures(lengths, by_queue, concurrency, reader.unacked(now), reader.oldest_ages(queues, now))
+
+
+def collect(watched: Any, by_queue: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """One read of every figure for ``watched`` (a CeleryQueues), as plain dicts (``monitor --once``)."""
+    from .queues import _close_quietly
+
+    conn = watched._connection()  # noqa: SLF001 - the short-timeout connection of the broadcasts
+    try:
+        concurrency = worker_concurrency(watched.app, conn, watched.inspect_timeout)
+    finally:
+        _close_quietly(conn)
+    reader = RedisBacklog(watched.redis_client(), watched.app.conf.broker_transport_options) \
+        if watched.is_redis else None
+    return {queue: {**vars(fig), "backlog": fig.backlog, "load": fig.load}
+            for queue, fig in read_figures(watched, reader, by_queue, concurrency).items()}

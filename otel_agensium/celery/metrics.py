@@ -38,6 +38,13 @@ DURATION = "celery_task_duration_seconds"
 QUEUE_WAIT = "celery_task_queue_wait_seconds"
 QUEUE_LENGTH = "celery_queue_length"
 ACTIVE_WORKERS = "celery_active_workers"
+# What the length hides (otel_agensium/celery/backlog.py); label queue.
+QUEUE_UNACKED = "celery_queue_unacked"
+QUEUE_ETA_HELD = "celery_queue_eta_held"
+QUEUE_OLDEST_AGE = "celery_queue_oldest_message_age_seconds"
+QUEUE_BACKLOG = "celery_queue_backlog"
+QUEUE_CONCURRENCY = "celery_queue_consumer_concurrency"
+QUEUE_LOAD = "celery_queue_load"
 # Per worker process (see ProcessMetrics); labels process_role (main|child) and worker.
 PROCESS_RESIDENT_MEMORY = "celery_worker_process_resident_memory_bytes"
 PROCESS_CPU = "celery_worker_process_cpu_seconds"  # a counter: _total in Prometheus
