@@ -3,8 +3,8 @@
 ``opentelemetry-instrument celery -A myapp beat`` (or ``configure()`` in a process that
 runs ``celery beat`` / ``-B``) connects :class:`BeatIntegration` to ``beat_init`` and
 ``beat_embedded_init``; at that signal the running scheduler's own ``apply_entry`` and
-``tick`` are wrapped, on the instance, so any scheduler class is covered (the default
-``PersistentScheduler``, django-celery-beat's, RedBeat's) without patching Celery. A
+``tick`` are wrapped, on the instance, so any scheduler built on Celery's ``Scheduler``
+is covered without patching Celery (tested with the default ``PersistentScheduler``). A
 process that drives a scheduler itself calls :func:`instrument_scheduler`.
 
 What is exported (labels ``entry`` and ``task_name``; at most :data:`MAX_ENTRIES` entries,
