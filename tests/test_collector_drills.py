@@ -229,17 +229,23 @@ def test_recycled_child_series_expire_after_metric_expiration(tempo, sinks, apps
                                "drill-expire", name="expire", concurrency=1,
                                extra_args=["--max-tasks-per-child", "1"])
         try:
-            expr = 'count by (instance) (celery_tasks_succeeded_total{job="worker-expire"})'
+            series = 'celery_tasks_succeeded_total{job="worker-expire"}'
             prom.wait_for_result(server, 'up{job="otel-collector"} == 1', timeout=30)
             for i in range(2):
                 apps.ok.apply_async((i,), queue="drill-expire").get(timeout=30)
-            both = prom.wait_for_result(server, f"count({expr}) == 2", timeout=30)
-            recycled_at = time.monotonic()
-            prom.wait_for_result(server, 'absent(celery_tasks_succeeded_total{job="worker-expire"})', timeout=30)
-            gone_after = time.monotonic() - recycled_at
+            seen: set[str] = set()
+
+            def both_children_seen():
+                seen.update(m["metric"]["instance"] for m in prom.query(server, series)["result"])
+                return len(seen) == 2
+
+            wait_for(both_children_seen, timeout=30, interval=0.5)
+            seen_at = time.monotonic()
+            prom.wait_for_result(server, f"absent({series})", timeout=30)
+            gone_after = time.monotonic() - seen_at
         finally:
             worker.stop()
             prom.stop_prometheus(server)
-    print(f"\n[drill metric-expiration] two recycled children's series left Prometheus {gone_after:.1f} s "
-          f"after both were seen (metric_expiration 4s)")
-    assert both
+    print(f"\n[drill metric-expiration] two recycled children's series (two instances) left Prometheus "
+          f"{gone_after:.1f} s after both were seen (metric_expiration 4s)")
+    assert len(seen) == 2
