@@ -148,6 +148,15 @@ def _broker_fix(kind: str, broker: str, is_redis: bool = True) -> str:
     }.get(kind, "Check the broker URL and the broker's own logs.")
 
 
+def broker_error(exc: BaseException, broker: str, timeout: float, is_redis: bool = True) -> tuple[str, str]:
+    """What went wrong talking to ``broker`` (redacted URL), in a few words, and the fix in one sentence."""
+    kind = _kind(exc)
+    what = {"auth": "authentication failed", "refused": "connection refused",
+            "timeout": f"no answer within {timeout:g} s", "dns": "host not found",
+            "protocol": "something else answers there"}.get(kind, "unreachable")
+    return what, _broker_fix(kind, broker, is_redis)
+
+
 # --- the doctor ----------------------------------------------------------------------------
 
 
@@ -283,11 +292,8 @@ class Doctor:
             version = self._wait(self._ping_broker, "broker", self.timeout)
         except Exception as exc:  # noqa: BLE001
             kind = _kind(exc)
-            what = {"auth": "authentication failed", "refused": "connection refused",
-                    "timeout": f"no answer within {self.timeout:g} s", "dns": "host not found",
-                    "protocol": "something else answers there"}.get(kind, "unreachable")
-            return Result("broker", FAIL, f"{broker}: {what} ({describe(exc, self._secrets())})",
-                          _broker_fix(kind, broker, self.celery.is_redis),
+            what, fix = broker_error(exc, broker, self.timeout, self.celery.is_redis)
+            return Result("broker", FAIL, f"{broker}: {what} ({describe(exc, self._secrets())})", fix,
                           data={"broker": broker, "error": kind}), False
         ms = (time.monotonic() - started) * 1000
         verb = "answered PING" if self.celery.is_redis else "accepted a connection"
