@@ -90,23 +90,23 @@ def _broker_url(text: str) -> str:
     """A broker URL kombu can use (each of a ``;``-separated failover list): known transport, valid port."""
     from kombu import Connection
 
-    from .redact import redact_url
+    from .celery.queues import scrub
 
     if not text.strip():
         raise argparse.ArgumentTypeError("empty; expected a broker URL such as redis://127.0.0.1:6379/0")
-    for url in text.split(";"):
-        shown = redact_url(url.strip())
+    for url in (part.strip() for part in text.split(";")):
+        shown = scrub(url)  # argparse would echo the raw value, password included: every path answers here
         if "://" not in url:
-            raise argparse.ArgumentTypeError(f"{shown} is not a URL; expected e.g. redis://127.0.0.1:6379/0")
+            raise argparse.ArgumentTypeError(f"{shown!r} is not a URL; expected e.g. redis://127.0.0.1:6379/0")
         try:
-            urlsplit(url.strip()).port  # noqa: B018 - raises ValueError on a bad port
-            Connection(url.strip()).get_transport_cls()
+            urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
+            Connection(url).get_transport_cls()
         except KeyError:
             raise argparse.ArgumentTypeError(
                 f"unknown transport {url.split('://')[0]!r} in {shown}; expected e.g. memory://, "
                 "redis://host:6379/0, rediss://..., amqp://user:pass@host:5672//") from None
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{shown}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a bad port, a transport whose library is missing...
+            raise argparse.ArgumentTypeError(f"{shown}: {scrub(str(exc))}") from None
     return text.strip()
 
 
@@ -213,14 +213,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: interrupted", file=sys.stderr)
         return INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the boundary: known families in one line, the rest as bugs
-        if getattr(args, "debug", False):
-            traceback.print_exc()  # then the same line and status as without --debug
-        loaded = settings_module.load(strict_raises=False)
-        error = known(exc, getattr(args, "broker", None) or loaded.broker_url, loaded.health_timeout,
-                      _secrets(args))
+        debug = getattr(args, "debug", False)
+        if debug:
+            traceback.print_exception(exc)  # then the same line and status as without --debug
+        try:
+            loaded = settings_module.load(strict_raises=False)
+            error = known(exc, getattr(args, "broker", None) or loaded.broker_url, loaded.health_timeout,
+                          _secrets(args))
+        except Exception:  # noqa: BLE001 - the boundary never fails itself: the original error is shown
+            error = None
         if error is None:
-            if not getattr(args, "debug", False):
-                traceback.print_exc()
+            if not debug:
+                traceback.print_exception(exc)
             print(f"{command}: this is a bug in otel-agensium; please report it with the traceback above",
                   file=sys.stderr)
             return BUG

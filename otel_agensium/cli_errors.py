@@ -87,8 +87,9 @@ def known(exc: BaseException, broker: str | None, timeout: float,
     if isinstance(exc, ConfigurationError):
         return CommandError(str(exc), "Correct that variable (otel-agensium check lists every bad one).", USAGE)
     if isinstance(exc, KeyError) and "No such transport" in str(exc):  # kombu, for the app's own broker_url
-        return CommandError(f"unknown broker transport: {exc.args[0]}", f"Use a broker URL kombu knows: {_SCHEMES}.",
-                            USAGE)
+        name = str(exc.args[0]).rpartition(":")[2].strip()
+        return CommandError(f"unknown broker transport {name!r} in the app's broker URL",
+                            f"Use a transport kombu knows: {_SCHEMES}.", USAGE)
     if isinstance(exc, _network_types()):
         shown = redact_url(broker) if broker else "<the app's broker>"
         return broker_failure(exc, shown, timeout, not broker or broker.startswith(("redis", "rediss", "sentinel")),
@@ -159,7 +160,7 @@ def load_app(app_path: str | None, broker: str | None, secrets: Iterable[str | N
         raise CommandError(f"cannot load the Celery app {app_path!r}: {_describe(cause, secrets)}", fix,
                            USAGE) from exc
     if not isinstance(app, Celery):
-        raise CommandError(f"{app_path!r} is a {type(app).__name__}, not a Celery app",
+        raise CommandError(f"{app_path!r} is not a Celery app but a {type(app).__name__}",
                            "Name the Celery() instance as module:attribute (e.g. myapp.celery:app).", USAGE)
     return app
 
