@@ -9,6 +9,7 @@ trace id that links the request to the task runs.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 import time
@@ -83,10 +84,13 @@ def run(broker: str = "memory://", tasks: int = 20, otlp: bool = False) -> int:
     app = _make_app(broker, settings.health_timeout)
     if not broker.startswith("memory://"):
         check_broker(app, settings.health_timeout)  # a broker that refuses or hangs: one line, before any wait
+    if otlp:
+        _check_otlp(settings.health_timeout)
     port = _free_port()
     handle = configure(service_name="otel-agensium-demo", prometheus_port=port, otlp=otlp)
     tracer = trace.get_tracer("otel_agensium.demo")
-    print(f"otel-agensium demo: broker {_redact(broker)}, {tasks} tasks, metrics on :{port}", flush=True)
+    print(f"otel-agensium demo: broker {_redact(broker)}, {tasks} tasks"
+          + (f", metrics on :{port}" if settings.metrics else ""), flush=True)
     with start_worker(app, pool="solo", perform_ping_check=False, queues=["celery", "profile"],
                       shutdown_timeout=10):
         with tracer.start_as_current_span("demo request") as span:
@@ -115,6 +119,16 @@ def run(broker: str = "memory://", tasks: int = 20, otlp: bool = False) -> int:
     print(f"{done}/{len(results)} tasks finished (demo.fail fails and demo.retry retries once, on purpose)")
     handle.shutdown()
     return 0 if done == len(results) else 1
+
+
+def _check_otlp(timeout: float) -> None:
+    """Without a Collector the exporters would retry for half a minute at exit: say so at once instead."""
+    from .cli_errors import FAILED, CommandError
+    from .doctor import FAIL, check_otlp
+
+    result = check_otlp(timeout, environ={**os.environ, "AGENSIUM_OTLP": "true"})  # --otlp wins over the variable
+    if result.verdict == FAIL:
+        raise CommandError(f"--otlp: {result.detail}", result.fix or "", FAILED)
 
 
 def _redact(url: str) -> str:

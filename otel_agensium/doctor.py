@@ -572,6 +572,11 @@ class Doctor:
                       data=data)
 
 
+def check_otlp(timeout: float | None = None, environ: dict[str, str] | None = None) -> Result:
+    """The ``otlp`` check alone, for a command that is about to export (``demo --otlp``)."""
+    return Doctor(None, None, timeout=timeout, environ=environ)._otlp_timed()
+
+
 def _quiet_libraries() -> None:
     """kombu and celery log connection retries with tracebacks; doctor reports them in one line instead."""
     for name in ("kombu", "celery", "amqp", "redis", "urllib3"):

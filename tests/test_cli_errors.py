@@ -132,6 +132,9 @@ def _cases(u: dict[str, str]) -> list[Case]:
              max_lines=doctor_lines),
         Case("doctor-silent-amqp", ["doctor", "--broker", u["silent_amqp"]], FAILED, "no answer within 1 s",
              max_lines=doctor_lines),
+        Case("demo-otlp-refused", ["demo", "--otlp"], FAILED, "--otlp: http://127.0.0.1:"),
+        Case("demo-otlp-silent", ["demo", "--otlp"], FAILED, "no answer within 1 s",
+             env={"OTEL_EXPORTER_OTLP_ENDPOINT": u["silent_http"]}),
         # --- telemetry turned off ---
         Case("demo-sdk-disabled", ["demo"], OK, "nothing to show: OTEL_SDK_DISABLED=true",
              env={"OTEL_SDK_DISABLED": "true"}),
@@ -206,7 +209,8 @@ def brokers(tmp_path_factory):
             "good": good.url, "wrong": f"redis://:{WRONG}@127.0.0.1:{good.port}/0",
             "nopass": f"redis://127.0.0.1:{good.port}/0", "refused": f"redis://127.0.0.1:{free_port()}/0",
             "frozen": frozen.url, "silent_redis": f"redis://127.0.0.1:{port}/0",
-            "silent_amqp": f"amqp://guest:{WRONG}@127.0.0.1:{port}//", "otlp": f"http://127.0.0.1:{free_port()}",
+            "silent_amqp": f"amqp://guest:{WRONG}@127.0.0.1:{port}//", "silent_http": f"http://127.0.0.1:{port}",
+            "otlp": f"http://127.0.0.1:{free_port()}",
             "apps_dir": str(apps),
         }
     finally:
@@ -236,7 +240,7 @@ def _outcome(case: Case) -> subprocess.CompletedProcess | str:
 
 
 CASE_IDS = [c.id for c in _cases({k: "" for k in ("good", "wrong", "nopass", "refused", "frozen", "silent_redis",
-                                                   "silent_amqp", "otlp", "apps_dir")})]
+                                                   "silent_amqp", "silent_http", "otlp", "apps_dir")})]
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
@@ -259,7 +263,7 @@ def test_sweep_covers_every_subcommand_and_every_exit_status():
     help_text = subprocess.run([CLI, "--help"], capture_output=True, text=True, timeout=BOUND).stdout
     commands = re.search(r"\{([a-z,]+)\}", help_text)[1].split(",")
     cases = _cases({k: "" for k in ("good", "wrong", "nopass", "refused", "frozen", "silent_redis", "silent_amqp",
-                                    "otlp", "apps_dir")})
+                                    "silent_http", "otlp", "apps_dir")})
     assert len(commands) == 5 and set(commands) <= {c.args[0] for c in cases if c.args}, commands
     assert {c.status for c in cases} == {OK, FAILED, USAGE, SIGPIPE_DEATH}
 
