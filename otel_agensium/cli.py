@@ -131,7 +131,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    debug = argparse.ArgumentParser(add_help=False)
+    debug = _Parser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of any error instead of one line")
     parser = _Parser(prog=PROG, description="Check settings, run the demo, export queue gauges, diagnose a deployment.",
@@ -230,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
             return BUG
         print(error.line(command), file=sys.stderr)
         return error.status
-    return BUG  # pragma: no cover - every branch above returns or exits
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 OK, FAILED, USAGE, BUG, INTERRUPTED = 0, 1, 2, 70, 130
 
@@ -125,12 +125,12 @@ def silence_stdout() -> None:
         pass
 
 
-def die_of_sigpipe() -> None:
+def die_of_sigpipe() -> NoReturn:
     """The reader of our output went away: end as Unix tools do, killed by SIGPIPE, silently."""
     silence_stdout()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGPIPE)
-    sys.exit(128 + signal.SIGPIPE)  # pragma: no cover - where SIGPIPE cannot kill
+    sys.exit(128 + signal.SIGPIPE)  # pragma: no cover - if SIGPIPE did not end the process
 
 
 # --- the Celery app of -A and its broker -----------------------------------------------------

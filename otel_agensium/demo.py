@@ -4,6 +4,10 @@ An in-process Celery worker (in-memory broker by default, or ``--broker redis://
 runs a few tasks that succeed, fail and retry on two queues, inside one traced
 "request"; the demo then prints the Prometheus lines the package produced and the
 trace id that links the request to the task runs.
+
+Before anything waits on them, a real broker and (with ``--otlp``) the OTLP endpoint are
+checked within ``AGENSIUM_HEALTH_TIMEOUT``, worded as ``doctor`` words them; with
+``OTEL_SDK_DISABLED=true`` the demo says it has nothing to show and exits 0.
 """
 
 from __future__ import annotations
