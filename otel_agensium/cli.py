@@ -133,7 +133,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     debug = _Parser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show the full traceback of any error instead of one line")
+                       help="also print the traceback of any error (same line and exit status)")
     parser = _Parser(prog=PROG, description="Check settings, run the demo, export queue gauges, diagnose a deployment.",
                      parents=[debug],
                      epilog="Exit status: 0 done, 1 a check failed or the broker did not answer, "

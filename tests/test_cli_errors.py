@@ -116,6 +116,8 @@ def _cases(u: dict[str, str]) -> list[Case]:
         Case("demo-no-password", ["demo", "--broker", u["nopass"]], FAILED, "authentication failed"),
         Case("demo-frozen-redis", ["demo", "--broker", u["frozen"]], FAILED, "no answer within 1 s"),
         Case("demo-silent-redis", ["demo", "--broker", u["silent_redis"]], FAILED, "no answer within 1 s"),
+        Case("demo-unknown-host", ["demo", "--broker", "redis://no-such-host.invalid:6379/0"], FAILED,
+             "host not found"),
         Case("demo-silent-amqp", ["demo", "--broker", u["silent_amqp"]], FAILED, "no answer within 1 s"),
         Case("monitor-once-wrong-password", ["monitor", "--broker", u["wrong"], "--once"], FAILED,
              '"error": "OperationalError: invalid username-password pair'),
