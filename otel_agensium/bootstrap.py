@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec
 
 from opentelemetry import metrics, trace
 
@@ -17,6 +19,7 @@ from .settings import Settings, load
 _log = logging.getLogger("otel_agensium")
 _lock = threading.Lock()
 _handle: Handle | None = None
+P = ParamSpec("P")
 
 
 @dataclass
@@ -67,17 +70,31 @@ def current() -> Handle | None:
     return _handle
 
 
-def configure(**kwargs: Any) -> Handle:
+def _takes_settings(settings_class: Callable[P, Any]) -> Callable[[Callable[..., Handle]], Callable[P, Handle]]:
+    """Give ``configure`` the keyword-only, typed parameters of the settings table, for editors,
+    type checkers and ``help()``; the table stays the one place a setting is declared."""
+
+    def apply(func: Callable[..., Handle]) -> Callable[P, Handle]:
+        func.__signature__ = inspect.signature(settings_class).replace(  # type: ignore[attr-defined]
+            return_annotation="Handle")
+        return func
+
+    return apply
+
+
+@_takes_settings(Settings)
+def configure(**overrides: Any) -> Handle:
     """Set up traces, metrics and logs for this process; see the README for every setting.
 
-    Keyword arguments are the settings' names (``service_name=``, ``endpoint=``, ...);
-    each falls back to its environment variable, then to its default. A bad argument
-    raises :class:`~otel_agensium.ConfigurationError`; a bad environment value is
+    Keyword-only arguments are the settings' names (``service_name=``, ``endpoint=``, ...)
+    and their types; each one not given falls back to its environment variable, then to
+    its default (the default shown in the signature). A bad argument raises
+    :class:`~otel_agensium.ConfigurationError` naming it; a bad environment value is
     reported in one warning line and its default used. Calling it again returns the
     first handle without installing anything twice.
     """
     global _handle
-    settings = load(kwargs)
+    settings = load(overrides)
     with _lock:
         if _handle is not None:
             return _handle

@@ -76,7 +76,7 @@ class HealthChecks:
         elif self.celery is not None and self.celery.is_redis:
             client = self.celery.redis_client()
             self.redis_target = self.celery.broker
-        self._redis = client
+        self._redis: Any = client
         self.redis_probe = Probe(self._redis_info, cache_ttl, "health-redis") if client is not None else None
         self.worker_probe = Probe(self.celery.workers, cache_ttl, "health-workers") if self.celery else None
         self.length_probe = Probe(self.celery.lengths, cache_ttl, "health-queues") if self.celery else None
@@ -89,6 +89,7 @@ class HealthChecks:
     async def _check(self, name: str, probe: Probe) -> tuple[dict[str, Any], Any]:
         started = time.monotonic()
         value: Any = None
+        error: str | None
         try:
             sample = await probe.wait(self.timeout)
         except (asyncio.TimeoutError, TimeoutError):
@@ -118,7 +119,7 @@ class HealthChecks:
 
     async def _gather(self, names: Iterable[str]) -> dict[str, tuple[dict[str, Any], Any]]:
         probes = {"redis": self.redis_probe, "workers": self.worker_probe, "queues": self.length_probe}
-        chosen = [(name, probes[name]) for name in names if probes[name] is not None]
+        chosen = [(name, probe) for name in names if (probe := probes[name]) is not None]
         results = await asyncio.gather(*(self._check(name, probe) for name, probe in chosen))
         return {name: result for (name, _), result in zip(chosen, results, strict=True)}
 

@@ -63,14 +63,15 @@ def collect_once(app: Any, queues: list[str] | None, out: TextIO) -> int:
 
 
 def run(app_path: str | None = None, broker: str | None = None, queues: list[str] | None = None,
-        once: bool = False, out: TextIO = sys.stdout) -> int:
+        once: bool = False, out: TextIO = sys.stdout, app: Any = None) -> int:
+    """``app``: the app of ``app_path`` already loaded (the CLI loads it to word an import error)."""
     from .settings import load
 
     broker = broker or load().broker_url
     if not app_path and not broker:
         print("otel-agensium monitor: give -A/--app or --broker (or AGENSIUM_BROKER_URL)", file=sys.stderr)
         return 2
-    app = load_app(app_path, broker)
+    app = app if app is not None else load_app(app_path, broker)
     if once:
         return collect_once(app, queues, out)
 

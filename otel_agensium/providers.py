@@ -202,7 +202,7 @@ def http_exporter_options(settings: Settings) -> dict[str, Any]:
     return {"headers": settings.headers, "timeout": settings.export_timeout, "compression": compression}
 
 
-def batch_options(settings: Settings, prefix: str) -> dict[str, int]:
+def batch_options(settings: Settings, prefix: str) -> dict[str, Any]:
     """Queue size, batch size and delay of a batch processor (``bsp`` or ``blrp`` settings)."""
     queue = getattr(settings, f"{prefix}_max_queue_size")
     return {

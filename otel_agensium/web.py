@@ -27,6 +27,7 @@ from typing import Any
 import wrapt
 from opentelemetry import context, propagate, trace
 from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .integration import Integration
@@ -37,7 +38,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.
 _NATIVE_OFF = {"tracing": False, "metrics": False, "logs": False}
 
 
-class _HeaderGetter:
+class _HeaderGetter(Getter[list[tuple[bytes, bytes]]]):
     """Reads W3C headers straight from the ASGI header list (bytes pairs)."""
 
     def get(self, carrier: list[tuple[bytes, bytes]], key: str) -> list[str] | None:
@@ -67,7 +68,8 @@ class LeanASGIMiddleware:
         method = scope.get("method", "_OTHER")
         span = token = None
         if self.tracer is not None:
-            parent = propagate.extract(scope.get("headers") or [], getter=_GETTER)
+            headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
+            parent = propagate.extract(headers, getter=_GETTER)
             span = self.tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes={
                 "http.request.method": method,
                 "url.scheme": scope.get("scheme", "http"),

@@ -156,3 +156,14 @@ class TempoStandIn(Collector):
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+def own_metric(collector: AgensiumCollector, name: str) -> float:
+    """Sum of every sample of the Collector's own metric ``name`` (0 when it has none yet)."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{collector.telemetry_port}/metrics", timeout=5).text
+    # Plain text exposition: `name{labels} value` or `name value` (the parser in prometheus_client
+    # would rename counters that lack the `_total` suffix, which 0.161's own metrics do).
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith((f"{name}{{", f"{name} ")))

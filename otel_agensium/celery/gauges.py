@@ -103,7 +103,7 @@ class QueueGauges(Integration):
         if self._failing.get(what, False) == failing:
             return
         self._failing[what] = failing
-        if failing:
+        if exc is not None:
             _log.warning("otel-agensium: %s not reported: %s (broker %s)", what,
                          describe(exc, self.queues.secrets), self.queues.broker)
         else:

@@ -189,7 +189,7 @@ class ProcessMetrics:
 
     def _observe_limit(self, options: CallbackOptions | None = None) -> Iterable[Observation]:
         attrs = self.attributes()
-        if attrs is None or attrs["process_role"] != "child":
+        if attrs is None or attrs["process_role"] != "child" or self.memory_limit is None:
             return []
         return [Observation(self.memory_limit, attrs)]
 
