@@ -12,7 +12,7 @@ from typing import Any, ParamSpec
 
 from opentelemetry import metrics, trace
 
-from . import providers
+from . import errors, providers
 from .integration import Integration
 from .settings import Settings, load
 
@@ -136,6 +136,7 @@ def _build_into(handle: Handle) -> None:
         meter_provider = handle.meter_provider
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=lambda: providers.reset_metric_state_after_fork(meter_provider))
+        _add(handle, _ErrorCounters(meter_provider))
     if settings.logs:
         from .logs import LogsIntegration
 
@@ -149,6 +150,20 @@ def _add(handle: Handle, integration: Integration) -> None:
     """Install all of it (or none of it: it undoes itself and raises), then hand it to the handle."""
     integration.install()
     handle.integrations.append(integration)
+
+
+class _ErrorCounters(Integration):
+    """otel_agensium_telemetry_errors_total and otel_agensium_export_failures_total (see errors.py)."""
+
+    name = "error_counters"
+
+    def __init__(self, meter_provider: Any) -> None:
+        super().__init__()
+        self.meter_provider = meter_provider
+
+    def setup(self) -> None:
+        errors.install_metrics(self.meter_provider)
+        self.on_uninstall(errors.uninstall_metrics)
 
 
 def _install_integrations(handle: Handle) -> None:

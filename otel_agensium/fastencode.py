@@ -49,6 +49,8 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
+from .errors import degraded, report
+
 try:  # helpers of the parent's export (opentelemetry-exporter-otlp-proto-http 1.45)
     from opentelemetry.exporter.otlp.proto.http._common import (
         RequestPayloadTooLargeError as _RequestPayloadTooLargeError,
@@ -348,8 +350,10 @@ def _probe_internals() -> bool:
             and tuple(span._links) == span.links and span._links.dropped == span.dropped_links == 1
             and tuple(span._events._dq) == span.events and tuple(span._links._dq) == span.links
         ):
+            degraded("fastencode._probe_internals", "the SDK's span internals moved; encoding via public properties")
             return False
     except Exception:  # noqa: BLE001 - internals moved: use the public properties
+        report("fastencode._probe_internals")
         return False
     return True
 
@@ -647,8 +651,9 @@ def _probe_span_context() -> bool:
             and (context[0], context[1], context[2], context[4]) == (5, 6, True, state)
             and (context.trace_id, context.span_id, context.is_remote) == (5, 6, True)
             and context.trace_state is context[4]
-        )
+        ) or degraded("fastencode._probe_span_context", "SpanContext is no longer the tuple it was; slower path")
     except Exception:  # noqa: BLE001
+        report("fastencode._probe_span_context")
         return False
 
 

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from .errors import report
+from .errors import raising, report
 
 _lock = threading.Lock()
 _active: dict[str, Integration] = {}
@@ -71,16 +71,20 @@ class Integration:
 
     def uninstall(self) -> None:
         """Take back every recorded step, newest first; a step that fails is counted and the rest still run."""
+        failed: BaseException | None = None
         while self._undo:
             what, step = self._undo.pop()
             try:
                 step()
-            except Exception:  # noqa: BLE001 - the other steps must still run
-                report(f"{self.name}.uninstall: {what}")
+            except Exception as exc:  # noqa: BLE001 - the other steps must still run
+                failed = failed or exc
+                report(f"{self.name}.uninstall: {what}", reraise=False)
         with _lock:
             self._installed = False
             if _active.get(self.name) is self:
                 del _active[self.name]
+        if failed is not None and raising():
+            raise failed
 
 
 def installed() -> dict[str, Integration]:

@@ -32,6 +32,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from . import errors
 from .settings import Settings
 from .version import __version__
 
@@ -51,6 +52,7 @@ class _ExportFailures:
         self._lock = threading.Lock()
 
     def record(self, signal: str, endpoint: str) -> None:
+        errors.count_export_failure(signal)
         with self._lock:
             self.failed += 1
             now = time.monotonic()

@@ -30,6 +30,7 @@ from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from .errors import report
 from .integration import Integration
 
 EXCLUDED_SPANS = ["receive", "send"]
@@ -119,7 +120,7 @@ class LeanASGIMiddleware:
                         self._attrs[key] = attrs
                 self.duration.record(seconds, attrs)
         except Exception:  # noqa: BLE001 - telemetry never fails a request
-            pass
+            report("web.LeanASGIMiddleware._finish")
 
 
 class FastAPIIntegration(Integration):

@@ -1,4 +1,10 @@
+import os
+
 import pytest
+
+# A broken hook fails the test instead of logging a line (otel_agensium/errors.py), here and in
+# every process the tests start with this environment; tests that break hooks on purpose unset it.
+os.environ["AGENSIUM_RAISE_HOOK_ERRORS"] = "true"
 
 from tests.otlp_receiver import Receiver
 from tests.procs import RedisServer

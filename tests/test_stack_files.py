@@ -428,9 +428,11 @@ def test_collector_exporters_reach_compose_services():
     logs = config["exporters"][pipelines["logs"]["exporters"][0]]
     # Loki's native OTLP endpoint; the exporter appends /v1/logs.
     assert logs["endpoint"] == "http://loki:3100/otlp"
-    # The Tempo receiver the traces go to.
-    tempo_grpc = load_yaml(TEMPO)["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
-    assert tempo_grpc.rsplit(":", 1)[1] == traces["endpoint"].rsplit(":", 1)[1]
+    # The Tempo receiver the traces go to, with its request size limit stated
+    # (unset it is gRPC's 4 MiB).
+    tempo_grpc = load_yaml(TEMPO)["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]
+    assert tempo_grpc["endpoint"].rsplit(":", 1)[1] == traces["endpoint"].rsplit(":", 1)[1]
+    assert tempo_grpc["max_recv_msg_size_mib"] >= 4
 
 
 def test_collector_prometheus_exporter_keeps_exemplars_and_spec_names():

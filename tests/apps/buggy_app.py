@@ -37,13 +37,14 @@ class _BrokenContextVar:
 
 
 def _break_everything() -> None:
-    from otel_agensium import logs, redis_traffic
+    from otel_agensium import redis_traffic
     from otel_agensium.celery import utils
+    from otel_agensium.logs import context, otlp
 
     utils.BoundedLabels.attributes = _raise
     utils.BoundedLabels.exception_attributes = _raise
-    logs._bound = _BrokenContextVar()
-    logs._severity = _raise
+    context._bound = _BrokenContextVar()
+    otlp._severity = _raise
     redis_traffic.should_trace = _raise
 
 
