@@ -14,6 +14,19 @@ from pathlib import Path
 DASHBOARD = Path(__file__).resolve().parent / "dashboards" / "celery.json"
 IDS = range(101, 113)
 PROM = {"type": "prometheus", "uid": "prometheus"}
+TEMPO = {"type": "tempo", "uid": "tempo"}
+
+
+def traces_table(pid: int, title: str, description: str, grid: tuple[int, int, int, int], query: str) -> dict:
+    x, y, w, h = grid
+    return {
+        "id": pid, "type": "table", "title": title, "description": description, "datasource": TEMPO,
+        "gridPos": {"h": h, "w": w, "x": x, "y": y},
+        "targets": [{"refId": "A", "datasource": TEMPO, "queryType": "traceql", "query": query, "limit": 20,
+                     "tableType": "traces"}],
+        "fieldConfig": {"defaults": {"custom": {"align": "auto", "cellOptions": {"type": "auto"}}}, "overrides": []},
+        "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False, "reducer": ["sum"]}},
+    }
 
 
 def target(ref: str, expr: str, legend: str, instant: bool = False) -> dict:
@@ -121,6 +134,15 @@ def panels(y: int) -> list[dict]:
                    (12, y + 25, 12, 8), [
                        target("A", "min by (worker) (celery_worker_ready)", "{{worker}}"),
                    ]),
+        traces_table(111, "Chords: callbacks linked to every header task (Tempo)",
+                     "Traces with a chord callback run (celery.chord_group_id). Open one: the callback's span "
+                     "links lead to each header task's run, so the member that held the chord up is one click "
+                     "away. Chains nest in order, group members are siblings.",
+                     (0, y + 33, 12, 9), '{ span.celery.chord_group_id != "" }'),
+        traces_table(112, "Workflow of the task_id variable (Tempo)",
+                     "Every run whose celery.root_id is the task_id variable: the whole chain/group/chord the "
+                     "task started (type a root task id in task_id).",
+                     (12, y + 33, 12, 9), '{ span.celery.root_id = "${task_id}" }'),
     ]
 
 

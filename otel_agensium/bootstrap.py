@@ -193,7 +193,7 @@ def _install_integrations(handle: Handle) -> None:
 
 
 def _install_celery_extras(handle: Handle) -> None:
-    """Beat, the worker's ETA gauge and the worker probes: each acts only in the process it is for."""
+    """Beat, the worker's ETA gauge, canvas links and the worker probes: each acts only where it applies."""
     from .celery.beat import BeatIntegration
 
     settings = handle.settings
@@ -202,6 +202,10 @@ def _install_celery_extras(handle: Handle) -> None:
         from .celery.worker_tasks import WorkerTaskGauges
 
         _add(handle, WorkerTaskGauges(handle.meter_provider))  # at worker_init
+    if handle.tracer_provider is not None:
+        from .celery.canvas import CanvasIntegration
+
+        _add(handle, CanvasIntegration())  # after the tracing instrumentation: its run span is current
     if settings.worker_probe_port:
         from .celery.worker_probe import ProbeIntegration
 
