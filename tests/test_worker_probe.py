@@ -91,3 +91,30 @@ def test_probes_answer_while_tasks_run_and_readiness_follows_the_broker(receiver
     ours = [line for line in worker.output.splitlines() if "otel_agensium" in line and "Traceback" in line]
     assert not ours and "hook ProbeIntegration" not in worker.output
     assert "worker probes on http://127.0.0.1:" in worker.output
+
+
+def test_liveness_fails_only_for_a_stalled_loop_while_connected():
+    """The decision alone, on the worker state the probe reads (attributes of Celery's own objects)."""
+    from types import SimpleNamespace
+
+    from celery.bootsteps import RUN, TERMINATE
+
+    from otel_agensium.celery.worker_probe import ProbeState
+
+    queue = SimpleNamespace(name="q")
+    consumer = SimpleNamespace(blueprint=SimpleNamespace(state=RUN), connection=SimpleNamespace(connected=True),
+                               task_consumer=SimpleNamespace(queues=[queue]))
+    state = ProbeState(stall=5.0)
+    state.worker = SimpleNamespace(consumer=consumer)
+    state.has_loop, state.loop_stamp = True, time.monotonic()
+    assert state.live()[0] == 200 and state.ready() == (200, {"status": "ready", "reason": "consuming 1 queue(s)"})
+    state.loop_stamp = time.monotonic() - 10  # connected, loop silent for 10 s: wedged
+    status, body = state.live()
+    assert status == 503 and body["status"] == "stalled"
+    consumer.connection = None  # reconnecting: a silent loop is expected, the process is alive
+    assert state.live()[0] == 200
+    assert state.ready() == (503, {"status": "not ready", "reason": "no broker connection (reconnecting)"})
+    consumer.blueprint.state = TERMINATE
+    assert state.ready()[1]["reason"] == "consumer not running (starting or reconnecting)"
+    state.stopping = True
+    assert state.live() == (503, {"status": "stopping"})
