@@ -34,7 +34,7 @@ import yaml
 from tests import prom
 from tests.collector import Collector, validate
 from tests.otlp_receiver import Receiver, attrs, wait_for
-from tests.procs import ROOT, Proc, celery_worker, free_port
+from tests.procs import BIN, ROOT, Proc, celery_worker, free_port
 
 K8S = ROOT / "deploy" / "kubernetes"
 AGENT = K8S / "base" / "collector" / "agent.yaml"
@@ -112,6 +112,7 @@ class Cluster:
         self.gateway_telemetry = [0, 0]
         self.agents: list[Collector] = []
         self.agent_telemetry: list[int] = []
+        self.agent_endpoints: list[str] = []
         self.procs: list[Proc] = []
         self.prometheus: prom.PrometheusServer | None = None
 
@@ -171,7 +172,7 @@ class Cluster:
                                                 extra_args=["--web.enable-remote-write-receiver"])
         for index in range(len(GATEWAY_IPS)):
             self.start_gateway(index)
-        endpoints = [self.start_agent(node)[1] for node in ("host-a", "host-b")]
+        endpoints = self.agent_endpoints = [self.start_agent(node)[1] for node in ("host-a", "host-b")]
         for node, endpoint in zip(("host-a", "host-b"), endpoints, strict=True):
             self.procs.append(celery_worker("tests.apps.tasks_app", self.redis_url, endpoint, QUEUE, name=node,
                                             concurrency=2))
@@ -195,24 +196,24 @@ class Cluster:
             receiver.__exit__()
 
     # -- reading what arrived ----------------------------------------------------------------------
-    def totals(self) -> dict[str, float]:
+    def totals(self, queue: str = QUEUE) -> dict[str, float]:
         """Task counters and the duration histogram's count in Prometheus, summed over processes."""
         out = {}
         for name in TASK_METRICS:
-            result = prom.query(self.prometheus, f'sum(celery_tasks_{name}_total{{queue="{QUEUE}"}})')["result"]
+            result = prom.query(self.prometheus, f'sum(celery_tasks_{name}_total{{queue="{queue}"}})')["result"]
             out[name] = float(result[0]["value"][1]) if result else 0.0
-        result = prom.query(self.prometheus, f'sum(celery_task_duration_seconds_count{{queue="{QUEUE}"}})')["result"]
+        result = prom.query(self.prometheus, f'sum(celery_task_duration_seconds_count{{queue="{queue}"}})')["result"]
         out["duration_count"] = float(result[0]["value"][1]) if result else 0.0
         return out
 
-    def wait_totals(self, expected: dict[str, float], timeout: float = 60.0) -> float:
+    def wait_totals(self, expected: dict[str, float], timeout: float = 60.0, queue: str = QUEUE) -> float:
         """Waits until Prometheus holds exactly ``expected``; returns the seconds it took."""
         start = time.monotonic()
         last: dict[str, float] = {}
 
         def exact() -> bool:
             nonlocal last
-            last = self.totals()
+            last = self.totals(queue)
             return last == expected
 
         try:
@@ -391,6 +392,52 @@ def _keda_query(queue: str) -> str:
             assert trigger["type"] == "prometheus"
             return trigger["metadata"]["query"]
     raise AssertionError(f"no ScaledObject worker-{queue} in base/workers.yaml")
+
+
+def _worker_pod(queue: str) -> tuple[list[str], dict[str, str], int]:
+    """The worker Deployment's container command, env values and grace period, as shipped."""
+    for doc in yaml.safe_load_all((K8S / "base" / "workers.yaml").read_text()):
+        if doc and doc.get("kind") == "Deployment" and doc["metadata"]["name"] == f"worker-{queue}":
+            pod = doc["spec"]["template"]["spec"]
+            (container,) = pod["containers"]
+            env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+            return container["command"], env, pod["terminationGracePeriodSeconds"]
+    raise AssertionError(f"no Deployment worker-{queue} in base/workers.yaml")
+
+
+def test_worker_pod_command_sigterm_to_pid_1_loses_no_task_and_no_telemetry(cluster):
+    """The profile pool's container command, run as the kubelet would: the process started is the
+    one that gets SIGTERM; two tasks running then still finish and are counted in Prometheus."""
+    from tests.apps import tasks_app
+
+    command, env, grace = _worker_pod("profile")
+    queue = f"{QUEUE}-pod"
+    args = [str(BIN / command[0]) if (BIN / command[0]).exists() else command[0], *command[1:]]
+    args[args.index("-A") + 1] = "tests.apps.tasks_app"
+    args[args.index("-Q") + 1] = queue
+    pod = Proc(args, name="worker pod", env={
+        **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "TEST_BROKER_URL": cluster.redis_url,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": cluster.agent_endpoints[0], "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "OTEL_PYTHON_DISTRO": "agensium", "OTEL_PYTHON_CONFIGURATOR": "agensium"})
+    try:
+        pod.wait_for_line("ready.", timeout=60)
+        # opentelemetry-instrument exec()ed celery: the started process is Celery's main process.
+        cmdline = Path(f"/proc/{pod.proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert any(part.endswith(b"/celery") for part in cmdline), cmdline
+        assert not any(b"opentelemetry-instrument" in part for part in cmdline), cmdline
+        results = [tasks_app.sleep.apply_async((3.0,), queue=queue) for _ in range(2)]
+        cluster.wait_totals({"received": 2, "succeeded": 0, "failed": 0, "duration_count": 0}, queue=queue)
+        started = time.monotonic()
+        code = pod.stop(signal.SIGTERM, timeout=min(grace, 60))  # the tasks take 3 s
+        stopped_in = time.monotonic() - started
+    finally:
+        pod.stop(signal.SIGKILL, timeout=10)
+    assert code == 0, pod.output[-3000:]
+    assert [r.get(timeout=10) for r in results] == [3.0, 3.0]
+    # The last export, flushed during the warm shutdown, carries both successes.
+    cluster.wait_totals({"received": 2, "succeeded": 2, "failed": 0, "duration_count": 2}, queue=queue)
+    _figure(f"worker pod (profile pool's command): SIGTERM with 2 tasks running -> exit 0 after {stopped_in:.1f}s "
+            f"(grace {grace}s), both tasks succeeded and counted")
 
 
 # -- a gateway dies mid-run -------------------------------------------------------------------------
