@@ -324,3 +324,45 @@ func TestReferenceChecksFindProblems(t *testing.T) {
 		}
 	}
 }
+
+// The ConfigMaps the Collectors mount hold the config files byte for byte: the files
+// tests/test_scale_out.py runs are the ones the cluster runs.
+func TestCollectorConfigMapsAreTheFiles(t *testing.T) {
+	docs, err := Render("../overlays/mimir")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"agent.yaml":         "../base/collector/agent.yaml",
+		"gateway.yaml":       "../base/collector/gateway.yaml",
+		"tail-sampling.yaml": "../components/tail-sampling/tail-sampling.yaml",
+	}
+	found := map[string]bool{}
+	for _, doc := range docs {
+		d, err := DecodeStrict(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cm, ok := d.Object.(*corev1.ConfigMap)
+		if !ok {
+			continue
+		}
+		for key, path := range want {
+			if data, ok := cm.Data[key]; ok {
+				file, err := os.ReadFile(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if data != string(file) {
+					t.Errorf("ConfigMap %s key %s differs from %s", cm.Name, key, path)
+				}
+				found[key] = true
+			}
+		}
+	}
+	for key := range want {
+		if !found[key] {
+			t.Errorf("no rendered ConfigMap holds %s", key)
+		}
+	}
+}
