@@ -332,6 +332,24 @@ def test_counts_exact_traces_whole_series_on_one_gateway(cluster):
     seen_task_ids = {s["attributes"].get("celery.task_id") for t in by_gateway for spans in t.values() for s in spans}
     assert task_ids <= seen_task_ids
 
+    # Logs are routed by trace id too: a task's lines all reach one gateway, and the tasks' lines
+    # spread over both. Not necessarily the gateway of the trace's spans: 0.161 hashes a span's
+    # trace id as 16 raw bytes and a log record's as its hex string (harmless: Loki needs no
+    # co-location, only tail sampling does).
+    def log_gateways() -> dict[str, set[int]]:
+        where: dict[str, set[int]] = {}
+        for index, receiver in enumerate(cluster.receivers):
+            for record in receiver.log_records():
+                if record["trace_id"] in traces[0] | traces[1]:
+                    where.setdefault(record["trace_id"], set()).add(index)
+        return where
+
+    wait_for(lambda: len(log_gateways()) >= 40, timeout=30)  # the 40 t.ok runs log a line each
+    logs = log_gateways()
+    assert all(len(gateways) == 1 for gateways in logs.values()), logs
+    assert {next(iter(g)) for g in logs.values()} == {0, 1}
+    beside = sum(1 for trace_id, g in logs.items() if g == {0 if trace_id in traces[0] else 1})
+
     # Each process's series went to one gateway only (pool children have their own instance ids).
     instances = cluster.instances_by_gateway(taps)
     assert not instances[0] & instances[1], f"a process's series reached both gateways: {instances}"
@@ -342,7 +360,8 @@ def test_counts_exact_traces_whole_series_on_one_gateway(cluster):
     assert {instance for _, instance in labels} <= instances[0] | instances[1]
     assert len(labels) >= 2, labels  # at least one pool child per host ran tasks
     _figure(f"{len(task_ids)} tasks: traces per gateway {len(traces[0])}/{len(traces[1])}, "
-            f"processes per gateway {len(instances[0])}/{len(instances[1])}")
+            f"processes per gateway {len(instances[0])}/{len(instances[1])}, "
+            f"traces whose log lines went to the gateway of their spans {beside}/{len(logs)}")
 
 
 def test_dashboards_and_alerts_unchanged_on_remote_write(cluster):
