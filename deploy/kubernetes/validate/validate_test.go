@@ -6,7 +6,8 @@
 //
 //	cd deploy/kubernetes/validate && GOFLAGS=-mod=mod go test ./...
 //
-// `go test` caches a passing run until a file it read changes, so CI pays once.
+// `go test` caches a passing run until a file it read changes (files inside the module root,
+// deploy/kubernetes, where go.mod is), so CI pays once.
 package validate
 
 import (

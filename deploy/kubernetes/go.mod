@@ -1,4 +1,7 @@
-module github.com/agensium/otel-agensium/deploy/kubernetes/validate
+// The offline validator of these manifests (validate/). The module root is deploy/kubernetes, not
+// validate/: `go test` re-runs a cached test only when a file it read changed, and it watches files
+// inside the module root only, so every manifest must be inside it.
+module github.com/agensium/otel-agensium/deploy/kubernetes
 
 go 1.26.8
 
