@@ -104,8 +104,10 @@ def _cases(u: dict[str, str]) -> list[Case]:
              "RuntimeError: the app's own start-up failed"),
         Case("monitor-app-file-undecodable", ["monitor", "-A", "undecodable_app", "--once"], USAGE,
              "cannot load the Celery app 'undecodable_app': SyntaxError", cwd=u["apps_dir"]),
+        Case("monitor-app-file-dangling", ["monitor", "-A", "dangling_app", "--once"], USAGE,
+             "cannot load the Celery app 'dangling_app'", cwd=u["apps_dir"]),
         Case("monitor-app-file-unreadable", ["monitor", "-A", "unreadable_app", "--once"], USAGE,
-             "cannot load the Celery app 'unreadable_app'", cwd=u["apps_dir"]),
+             "OSError: [Errno 5] Input/output error Fix: Make", cwd=u["apps_dir"]),
         Case("monitor-app-unknown-transport", ["monitor", "-A", "tests.apps.cli_apps:bad_transport", "--once"],
              USAGE, "unknown broker transport 'nonsense'"),
         Case("doctor-app-missing", ["doctor", "-A", "nosuchmod", "--timeout", "1"], FAILED,
@@ -198,7 +200,8 @@ def brokers(tmp_path_factory):
     """A password-protected redis-server, a frozen one (SIGSTOP), a socket that accepts and never answers."""
     apps = tmp_path_factory.mktemp("cli_apps")
     (apps / "undecodable_app.py").write_bytes(b"name = '\xff\xfe'\n")  # not UTF-8: Python cannot read it
-    (apps / "unreadable_app.py").symlink_to(apps / "gone" / "app.py")  # a module file that cannot be opened
+    (apps / "dangling_app.py").symlink_to(apps / "gone" / "app.py")  # a module file that is not there
+    (apps / "unreadable_app.py").symlink_to("/proc/self/mem")  # a file whose read fails (EIO), even for root
     good = RedisServer(password=PASSWORD).start()
     frozen = RedisServer().start()
     silent = socket.socket()
