@@ -244,8 +244,10 @@ def _outcome(case: Case) -> subprocess.CompletedProcess | str:
         TIMES[case.id] = time.monotonic() - started
 
 
-CASE_IDS = [c.id for c in _cases({k: "" for k in ("good", "wrong", "nopass", "refused", "frozen", "silent_redis",
-                                                   "silent_amqp", "silent_http", "otlp", "apps_dir")})]
+# The cases with their URLs left empty: their ids and commands, known before any broker starts.
+LISTED = _cases({k: "" for k in ("good", "wrong", "nopass", "refused", "frozen", "silent_redis", "silent_amqp",
+                                 "silent_http", "otlp", "apps_dir")})
+CASE_IDS = [c.id for c in LISTED]
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
@@ -267,10 +269,8 @@ def test_bad_input_is_answered_in_a_few_lines_with_the_documented_status(sweep, 
 def test_sweep_covers_every_subcommand_and_every_exit_status():
     help_text = subprocess.run([CLI, "--help"], capture_output=True, text=True, timeout=BOUND).stdout
     commands = re.search(r"\{([a-z,]+)\}", help_text)[1].split(",")
-    cases = _cases({k: "" for k in ("good", "wrong", "nopass", "refused", "frozen", "silent_redis", "silent_amqp",
-                                    "silent_http", "otlp", "apps_dir")})
-    assert len(commands) == 5 and set(commands) <= {c.args[0] for c in cases if c.args}, commands
-    assert {c.status for c in cases} == {OK, FAILED, USAGE, SIGPIPE_DEATH}
+    assert len(commands) == 5 and set(commands) <= {c.args[0] for c in LISTED if c.args}, commands
+    assert {c.status for c in LISTED} == {OK, FAILED, USAGE, SIGPIPE_DEATH}
 
 
 def test_a_bug_in_the_package_keeps_its_traceback_and_debug_shows_one_for_a_known_error():
@@ -305,6 +305,20 @@ def test_long_running_monitor_on_a_frozen_broker_starts_warns_and_stops_within_t
         status = monitor.stop(signal.SIGTERM, timeout=BOUND)
     assert status == 0, monitor.output[-3000:]
     assert "Traceback" not in monitor.output
+
+
+def test_rabbitmq_refusing_the_password_is_one_line_without_it():
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    url = f"amqp://guest:{WRONG}@127.0.0.1:5672//"
+    for args, says in ((["demo", "--broker", url], "authentication failed (AccessRefused"),
+                       (["doctor", "--broker", url, "--timeout", "2"], "authentication failed")):
+        result = _run(Case("rabbit", args, FAILED, says, max_lines=12))
+        answer = result.stdout + result.stderr
+        assert result.returncode == FAILED and says in answer, answer
+        assert WRONG not in answer and "Traceback" not in answer, answer
 
 
 def test_interrupted_demo_says_so_and_exits_130():
