@@ -316,3 +316,22 @@ def test_active_workers_drop_within_60s_of_sigkill(redis_server, receiver):
         worker_a.stop(signal.SIGKILL)
         if worker_b is not None:
             worker_b.stop()
+
+
+def test_default_queues_are_the_apps_own_plus_configured_ones():
+    """AGENSIUM_QUEUES unset: the app's default queue, task_queues, task_routes and per-task queue=."""
+    from otel_agensium.settings import load
+
+    assert load(environ={}).queues == ()
+    app = Celery("defaults", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    app.conf.task_default_queue = "main"
+    app.conf.task_queues = [Queue("main"), Queue("bulk")]
+    app.conf.task_routes = {"reports.*": {"queue": "reports"}, "mail.send": "emails"}
+
+    @app.task(name="thumbs.make", queue="images")
+    def make() -> None: ...
+
+    own = ["bulk", "emails", "images", "main", "reports"]
+    assert sorted(CeleryQueues(app).queues()) == own
+    assert sorted(CeleryQueues(app, load(environ={}).queues).queues()) == own
+    assert CeleryQueues(app, ["only"]).queues() == ["only"]  # AGENSIUM_QUEUES or --queues set: those

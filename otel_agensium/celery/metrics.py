@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, MeterProvider, Observation
 
-# The seed's buckets, in seconds; dashboards and alerts depend on them (+Inf is implicit).
+# The task-duration buckets, in seconds; dashboards and alerts depend on them (+Inf is implicit).
 # Integers on purpose: the Python Prometheus exporter prints a bound as Python formats
 # it, and le="1800" (as the Collector writes it) differs from le="1800.0" in Prometheus.
 DURATION_BUCKETS = (5, 10, 30, 60, 120, 300, 600, 1200, 1800)

@@ -1,4 +1,4 @@
-"""``otel-agensium doctor -A myapp``: the seed's troubleshooting guide, run as checks.
+"""``otel-agensium doctor -A myapp``: the troubleshooting guide (README, Troubleshooting), run as checks.
 
 One line per check, with a verdict and, when something is wrong, the fix in one sentence::
 
