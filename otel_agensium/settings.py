@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .parsers import (
+from ._parsers import (
     PROTOCOLS,
     _bool,
     _choice,

@@ -22,10 +22,10 @@ from kombu import Queue
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from otel_agensium._probe import Probe
 from otel_agensium.celery.gauges import QueueGauges
 from otel_agensium.celery.metrics import ACTIVE_WORKERS, QUEUE_LENGTH
 from otel_agensium.celery.queues import CeleryQueues, redis_keys
-from otel_agensium.probe import Probe
 from tests.otlp_receiver import wait_for
 from tests.procs import ROOT, Proc, RedisServer, celery_worker, free_port
 

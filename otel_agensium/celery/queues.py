@@ -15,7 +15,7 @@
   being reported, with 0 workers.
 
 Both calls block on the network: callers wait on them through a
-:class:`~otel_agensium.probe.Probe`. The gauges that export them are in
+:class:`~otel_agensium._probe.Probe`. The gauges that export them are in
 :mod:`otel_agensium.celery.gauges`.
 """
 
@@ -253,7 +253,7 @@ def _close_quietly(thing: Any) -> None:
 
 
 # Names that lived here before the split; kept importable from this module.
-_MOVED = {"Probe": "..probe", "Sample": "..probe", "describe": "..redact", "scrub": "..redact",
+_MOVED = {"Probe": ".._probe", "Sample": ".._probe", "describe": "..redact", "scrub": "..redact",
           "QueueGauges": ".gauges", "install_queue_gauges": ".gauges"}
 
 

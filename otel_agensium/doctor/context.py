@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..probe import Probe
+from .._probe import Probe
 from ..redact import url_password
 from ..settings import Settings, load
 
