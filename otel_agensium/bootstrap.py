@@ -181,6 +181,7 @@ def _install_integrations(handle: Handle) -> None:
             record_task_args=settings.record_task_args,
             process_metrics=settings.process_metrics,
         ))
+        _install_celery_extras(handle)
     if handle.tracer_provider is not None:
         from .redis_traffic import RedisIntegration
 
@@ -189,3 +190,24 @@ def _install_integrations(handle: Handle) -> None:
         from .web import FastAPIIntegration
 
         _add(handle, FastAPIIntegration(handle.tracer_provider, handle.meter_provider, settings.http_instrumentation))
+
+
+def _install_celery_extras(handle: Handle) -> None:
+    """Beat, the worker's ETA gauge, canvas links and the worker probes: each acts only where it applies."""
+    from .celery.beat import BeatIntegration
+
+    settings = handle.settings
+    _add(handle, BeatIntegration(handle.meter_provider))  # at beat_init, in a process that runs beat
+    if handle.meter_provider is not None:
+        from .celery.worker_tasks import WorkerTaskGauges
+
+        _add(handle, WorkerTaskGauges(handle.meter_provider))  # at worker_init
+    if handle.tracer_provider is not None:
+        from .celery.canvas import CanvasIntegration
+
+        _add(handle, CanvasIntegration())  # after the tracing instrumentation: its run span is current
+    if settings.worker_probe_port:
+        from .celery.worker_probe import ProbeIntegration
+
+        _add(handle, ProbeIntegration(settings.worker_probe_host, settings.worker_probe_port,
+                                      settings.worker_probe_stall, handle.meter_provider))

@@ -91,3 +91,9 @@ def installed() -> dict[str, Integration]:
     """The exclusive integrations installed in this process, by name."""
     with _lock:
         return dict(_active)
+
+
+def connect(integration: Integration, signal: Any, handler: Callable[..., Any]) -> None:
+    """Connect a Celery (or any ``.connect``/``.disconnect``) signal and record its disconnection."""
+    signal.connect(handler, weak=False)
+    integration.on_uninstall(lambda: signal.disconnect(handler), f"{getattr(signal, 'name', 'signal')}.disconnect")

@@ -38,7 +38,8 @@ def load_app(app_path: str | None, broker: str | None) -> Any:
 
 
 def collect_once(app: Any, queues: list[str] | None, out: TextIO) -> int:
-    """Read depths and workers once, print them as JSON; exit status 1 when the broker could not be read."""
+    """Read depths, workers and backlog figures once, print them as JSON; exit 1 when the broker could not be read."""
+    from .celery.backlog import collect
     from .celery.queues import CeleryQueues
     from .redact import describe
     from .settings import load
@@ -53,6 +54,7 @@ def collect_once(app: Any, queues: list[str] | None, out: TextIO) -> int:
         report["active_workers"] = {queue: len(names) for queue, names in workers.items()}
         report["workers"] = sorted({name for names in workers.values() for name in names})
         report["queue_length"] = watched.lengths()
+        report["backlog"] = collect(watched, workers)
     except Exception as exc:  # noqa: BLE001 - printed, scrubbed, exit 1
         report["error"] = describe(exc, watched.secrets)
         status = 1

@@ -139,6 +139,17 @@ class Settings:
     log_file_max_bytes: int = _row(None, 10 * 1024 * 1024, _int_range(1024), "Rotate the log file at this size.")
     log_file_backups: int = _row(None, 5, _int_range(0, 1000), "Rotated log files kept.")
     record_task_args: bool = _row(None, False, _bool, "Record task args/kwargs on spans (may hold personal data).")
+    beat_tolerance: float = _row(None, 60.0, _float_range(0.0, 86_400.0),
+                                 "Seconds past its due time before `otel-agensium doctor` calls a beat entry "
+                                 "(or beat) late.")
+    worker_probe_port: int = _row(None, 0, _int_range(0, 65535),
+                                  "Celery workers serve /healthz and /readyz on this port, from the main process "
+                                  "(0: off).")
+    worker_probe_host: str = _row(None, "0.0.0.0", _text,
+                                  "Address the worker probes bind to (the kubelet reaches the pod IP).")
+    worker_probe_stall: float = _row(None, 60.0, _float_range(1.0, 3600.0),
+                                     "Seconds a connected worker's event loop may not turn before /healthz answers "
+                                     "503.")
     strict: bool = _row(None, False, _bool,
                         "Refuse to start on a bad AGENSIUM_* value instead of using its default.")
 

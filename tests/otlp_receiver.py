@@ -92,6 +92,8 @@ class Receiver:
                             "attributes": attrs(span.attributes),
                             "resource": resource,
                             "scope": ss.scope.name,
+                            "links": [{"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(),
+                                       "attributes": attrs(link.attributes)} for link in span.links],
                         })
         return out
 

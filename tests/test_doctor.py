@@ -93,7 +93,8 @@ def test_unconsumed_queue_flagged_then_all_pass_with_a_worker_on_both(broker, re
         assert code == 0
         assert {name: c["verdict"] for name, c in checks.items()} == {
             "settings": "ok", "app": "ok", "broker": "ok", "workers": "ok", "queue:celery": "ok",
-            "queue:profile": "ok", "otlp": "ok", "time_limits": "ok", "memory_limit": "ok",
+            "queue:profile": "ok", "beat": "skipped", "eta": "ok",
+            "otlp": "ok", "time_limits": "ok", "memory_limit": "ok",
         }
         assert checks["queue:profile"]["data"]["waiting"] == 0
         assert checks["workers"]["data"]["workers"][0].startswith("doc-both@")

@@ -74,5 +74,5 @@ def test_a_background_check_that_never_ends_is_bounded_and_keeps_its_place():
 
 
 def test_one_list_names_every_check_once():
-    assert [c.name for c in CHECKS] == ["settings", "app", "broker", "workers", "queues", "otlp", "time_limits",
-                                        "memory_limit"]
+    assert [c.name for c in CHECKS] == ["settings", "app", "broker", "workers", "queues", "beat", "eta",
+                                        "otlp", "time_limits", "memory_limit"]

@@ -74,6 +74,22 @@ EXTRA_METRICS = {
     "celery_worker_process_resident_memory_bytes",
     "celery_worker_process_cpu_seconds_total",
     "celery_worker_process_memory_limit_bytes",
+    # Beat, backlog and worker probes (issue 15): otel_agensium/celery/beat.py, queues.py, probe.py.
+    "celery_beat_sends_total",
+    "celery_beat_send_errors_total",
+    "celery_beat_entry_last_sent_timestamp_seconds",
+    "celery_beat_entry_due_timestamp_seconds",
+    "celery_beat_entry_lag_seconds",
+    "celery_beat_entry_next_due_timestamp_seconds",
+    "celery_beat_next_tick_timestamp_seconds",
+    "celery_worker_ready",
+    "celery_worker_eta_tasks",
+    "celery_queue_unacked",
+    "celery_queue_eta_held",
+    "celery_queue_oldest_message_age_seconds",
+    "celery_queue_backlog",
+    "celery_queue_consumer_concurrency",
+    "celery_queue_load",
 }
 HISTOGRAMS = {"celery_task_duration_seconds", "celery_task_queue_wait_seconds"}
 

@@ -20,8 +20,19 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from .._probe import Probe
 from ..integration import Integration
 from ..redact import describe
-from .metrics import ACTIVE_WORKERS, METER_NAME, QUEUE_LENGTH
-from .queues import CeleryQueues
+from .backlog import QueueFigures, RedisBacklog, read_figures, worker_concurrency
+from .metrics import (
+    ACTIVE_WORKERS,
+    METER_NAME,
+    QUEUE_BACKLOG,
+    QUEUE_CONCURRENCY,
+    QUEUE_ETA_HELD,
+    QUEUE_LENGTH,
+    QUEUE_LOAD,
+    QUEUE_OLDEST_AGE,
+    QUEUE_UNACKED,
+)
+from .queues import CeleryQueues, _close_quietly
 
 _log = logging.getLogger("otel_agensium.queues")
 
@@ -42,6 +53,10 @@ class QueueGauges(Integration):
         self.meter_provider = meter_provider
         self.length_probe = Probe(queues.lengths, ttl, "queue-length")
         self.worker_probe = Probe(queues.workers, ttl, "active-workers")
+        self.concurrency_probe = Probe(self._concurrency, ttl, "worker-concurrency")
+        self.backlog_probe = Probe(self._backlog, ttl, "queue-backlog")
+        self.reader = (RedisBacklog(queues.redis_client(), queues.app.conf.broker_transport_options)
+                       if queues.is_redis else None)
         self.enabled = False
         self._failing: dict[str, bool] = {}
 
@@ -57,6 +72,17 @@ class QueueGauges(Integration):
             ACTIVE_WORKERS, callbacks=[self._observe_workers], unit="{worker}",
             description="Live workers consuming the queue (answering an active_queues broadcast).",
         )
+        # What the length hides (backlog.py): Redis only for unacked, ETA-held and age.
+        for name, field, unit, description in (
+            (QUEUE_UNACKED, "unacked", "{message}", "Messages delivered to workers and not yet acknowledged."),
+            (QUEUE_ETA_HELD, "eta_held", "{message}", "Delivered messages whose ETA/countdown is still ahead."),
+            (QUEUE_OLDEST_AGE, "oldest_age", "s", "Age of the oldest message waiting in the broker."),
+            (QUEUE_BACKLOG, "backlog", "{message}", "Tasks due and not started: waiting + unacked - ETA-held."),
+            (QUEUE_CONCURRENCY, "concurrency", "{process}", "Pool size of the live workers consuming the queue."),
+            (QUEUE_LOAD, "load", "", "Backlog per pool slot of the consuming workers (a scaler's target)."),
+        ):
+            meter.create_observable_gauge(name, callbacks=[self._figure_observer(name, field)], unit=unit,
+                                          description=description)
         self.enabled = True
         self.on_uninstall(self._disable)
 
@@ -65,7 +91,9 @@ class QueueGauges(Integration):
         self.enabled = False
 
     def _wait(self, probe: Probe, options: CallbackOptions | None) -> Any:
-        timeout = self.queues.timeout + (self.queues.inspect_timeout if probe is self.worker_probe else 0)
+        timeout = self.queues.timeout + (0 if probe is self.length_probe else self.queues.inspect_timeout)
+        if probe is self.backlog_probe:
+            timeout += self.queues.timeout  # the broadcasts, then the broker reads
         if options is not None and getattr(options, "timeout_millis", None):
             timeout = min(timeout, options.timeout_millis / 1000)
         return probe.get(timeout).value
@@ -85,7 +113,8 @@ class QueueGauges(Integration):
         if not self.enabled:
             return []
         try:
-            self.worker_probe.future()  # start the broadcast now; it runs while the depth is read
+            self.worker_probe.future()  # start the broadcasts now; they run while the depth is read
+            self.concurrency_probe.future()
             lengths = self._wait(self.length_probe, options)
         except BaseException as exc:  # noqa: BLE001 - a callback never raises into the SDK
             self._report(QUEUE_LENGTH, exc)
@@ -103,6 +132,36 @@ class QueueGauges(Integration):
             return []
         self._report(ACTIVE_WORKERS, None)
         return [Observation(len(workers), {"queue": name}) for name, workers in by_queue.items()]
+
+
+    # -- the backlog figures ------------------------------------------------------------
+    def _concurrency(self) -> dict[str, int]:
+        conn = self.queues._connection()  # noqa: SLF001 - the short-timeout connection of the broadcasts
+        try:
+            return worker_concurrency(self.queues.app, conn, self.queues.inspect_timeout)
+        finally:
+            _close_quietly(conn)
+
+    def _backlog(self) -> dict[str, QueueFigures]:
+        wait = self.queues.timeout + self.queues.inspect_timeout
+        workers, pools = self.worker_probe.future(), self.concurrency_probe.future()  # both broadcasts at once
+        by_queue, concurrency = workers.result(wait).value, pools.result(wait).value
+        return read_figures(self.queues, self.reader, by_queue, concurrency)
+
+    def _figure_observer(self, name: str, field: str) -> Any:
+        def observe(options: CallbackOptions | None = None) -> list[Observation]:
+            if not self.enabled:
+                return []
+            try:
+                figures = self._wait(self.backlog_probe, options)
+            except BaseException as exc:  # noqa: BLE001 - a callback never raises into the SDK
+                self._report(QUEUE_BACKLOG, exc)
+                return []
+            self._report(QUEUE_BACKLOG, None)
+            points = ((queue, getattr(fig, field)) for queue, fig in figures.items())
+            return [Observation(value, {"queue": queue}) for queue, value in points if value is not None]
+
+        return observe
 
 
 def install_queue_gauges(app: Any, handle: Any = None, queues: Iterable[str] | None = None) -> QueueGauges | None:

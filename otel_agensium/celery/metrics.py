@@ -38,6 +38,13 @@ DURATION = "celery_task_duration_seconds"
 QUEUE_WAIT = "celery_task_queue_wait_seconds"
 QUEUE_LENGTH = "celery_queue_length"
 ACTIVE_WORKERS = "celery_active_workers"
+# What the length hides (otel_agensium/celery/backlog.py); label queue.
+QUEUE_UNACKED = "celery_queue_unacked"
+QUEUE_ETA_HELD = "celery_queue_eta_held"
+QUEUE_OLDEST_AGE = "celery_queue_oldest_message_age_seconds"
+QUEUE_BACKLOG = "celery_queue_backlog"
+QUEUE_CONCURRENCY = "celery_queue_consumer_concurrency"
+QUEUE_LOAD = "celery_queue_load"
 # Per worker process (see ProcessMetrics); labels process_role (main|child) and worker.
 PROCESS_RESIDENT_MEMORY = "celery_worker_process_resident_memory_bytes"
 PROCESS_CPU = "celery_worker_process_cpu_seconds"  # a counter: _total in Prometheus
@@ -185,3 +192,18 @@ class ProcessMetrics:
         if attrs is None or attrs["process_role"] != "child" or self.memory_limit is None:
             return []
         return [Observation(self.memory_limit, attrs)]
+
+
+# --- celery beat (otel_agensium/celery/beat.py); labels entry, task_name ------------------
+BEAT_SENDS = "celery_beat_sends"  # a counter: _total in Prometheus
+BEAT_SEND_ERRORS = "celery_beat_send_errors"  # a counter: _total in Prometheus
+BEAT_LAST_SENT = "celery_beat_entry_last_sent_timestamp_seconds"
+BEAT_DUE = "celery_beat_entry_due_timestamp_seconds"
+BEAT_LAG = "celery_beat_entry_lag_seconds"
+BEAT_NEXT_DUE = "celery_beat_entry_next_due_timestamp_seconds"
+BEAT_NEXT_TICK = "celery_beat_next_tick_timestamp_seconds"  # no labels: beat's liveness
+
+# --- worker probes (otel_agensium/celery/probe.py); label worker ----------------------------
+WORKER_READY = "celery_worker_ready"
+# --- what a worker holds (otel_agensium/celery/worker_tasks.py); labels worker, queue -------
+WORKER_ETA_TASKS = "celery_worker_eta_tasks"

@@ -35,6 +35,12 @@ What each check reads, and what it reuses:
   (one pipelined round trip on Redis). On Redis the queues kombu has bound
   (``_kombu.binding.*``) are looked at as well, so a message sent to a misspelt queue
   name is found.
+* ``beat``: the app's ``beat_schedule`` against what beat reported (the status hash
+  :mod:`otel_agensium.celery.beat` writes on a Redis broker): beat down or an entry late by
+  more than ``AGENSIUM_BEAT_TOLERANCE`` fails; no beat reporting, or another schedule, warns.
+* ``eta``: on Redis, every task workers hold for an ETA/countdown (kombu's ``unacked``
+  hash) and the ``beat_schedule`` countdowns, against ``visibility_timeout``: a task
+  scheduled further ahead is delivered twice; warns.
 * ``otlp``: a TCP connect (gRPC) or an empty OTLP/HTTP export to
   ``OTEL_EXPORTER_OTLP_ENDPOINT`` (``/v1/traces``, which a Collector answers with 200).
 * ``time_limits`` and ``memory_limit``: the app's ``task_soft_time_limit`` /
@@ -47,7 +53,7 @@ that raises is reported as failed, never as a traceback.
 
 Layout: :class:`~.context.Context` is what every check reads (settings, app, broker
 client, a bounded wait); each check is a function from the context to results, one
-module per area (``app``, ``broker``, ``queues``, ``otlp``, ``limits``); :data:`CHECKS`
+module per area (``app``, ``broker``, ``queues``, ``beat``, ``eta``, ``otlp``, ``limits``); :data:`CHECKS`
 lists them in order; the verdict over the results is pure (:mod:`.result`).
 """
 
@@ -65,7 +71,7 @@ from typing import TextIO
 
 from .._probe import Probe, Sample
 from ..redact import describe
-from . import app, broker, limits, otlp, queues
+from . import app, beat, broker, eta, limits, otlp, queues
 from .context import Context
 from .result import FAIL, OK, SKIPPED, WARN, Result, exit_status, summary
 
@@ -96,6 +102,8 @@ CHECKS: tuple[Check, ...] = (
     Check("broker", broker.check_broker),
     Check("workers", broker.check_workers),
     Check("queues", queues.check_queues),
+    Check("beat", beat.check_beat),
+    Check("eta", eta.check_eta),
     Check("otlp", otlp.check_otlp, background=True, on_error=otlp.failure),
     Check("time_limits", limits.check_time_limits),
     Check("memory_limit", limits.check_memory_limit),
