@@ -370,8 +370,8 @@ def beat_verdict(schedule: dict[str, Any] | None, status: dict[str, dict[str, An
     if isinstance(next_tick, (int, float)) and now - next_tick > tolerance:
         problems.append(f"beat is down: it promised to wake up {_ago(now - next_tick)} ago")
     for name in schedule:
-        figures = entries.get(name)
-        due = (figures or {}).get("next_due")
+        figures = entries.get(name) or {}
+        due = figures.get("next_due")
         if isinstance(due, (int, float)) and now - due > tolerance:
             sent = figures.get("last_sent")
             late.append(f"{name} due {_ago(now - due)} ago, last sent "
