@@ -2,7 +2,7 @@
 
 ::
 
-    from otel_agensium.health import health_router
+    from otel_agensium import health_router
     api.include_router(health_router(app=celery_app))
 
 * ``GET /health``: the process is alive. Touches nothing, always 200.
