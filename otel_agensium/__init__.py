@@ -1,17 +1,60 @@
 """otel-agensium: OpenTelemetry for FastAPI in front of Celery workers on Redis.
 
 ``configure()`` once at start-up, or run the worker under ``opentelemetry-instrument``.
+
+The public API is what :data:`__all__` lists, importable from here; every other module is
+internal and may change. ``health_router``, ``HealthChecks``, ``bind`` and
+``install_queue_gauges`` are imported on first use, so ``import otel_agensium`` stays cheap
+(it runs in every process ``opentelemetry-instrument`` starts).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .bootstrap import Handle, configure, current
-from .settings import ConfigurationError
+from .integration import IntegrationError
+from .settings import ConfigurationError, Settings
 from .version import __version__
 
-__all__ = ["ConfigurationError", "Handle", "__version__", "configure", "current", "instrument_app"]
+if TYPE_CHECKING:
+    from .celery.gauges import QueueGauges, install_queue_gauges
+    from .health import HealthChecks, health_router
+    from .logs import bind
+
+__all__ = [
+    "ConfigurationError",
+    "Handle",
+    "HealthChecks",
+    "IntegrationError",
+    "QueueGauges",
+    "Settings",
+    "__version__",
+    "bind",
+    "configure",
+    "current",
+    "health_router",
+    "install_queue_gauges",
+    "instrument_app",
+]
+
+# Public names imported on first use: name -> module.
+_LAZY = {
+    "HealthChecks": ".health",
+    "health_router": ".health",
+    "bind": ".logs",
+    "QueueGauges": ".celery.gauges",
+    "install_queue_gauges": ".celery.gauges",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def instrument_app(app: Any) -> Any:

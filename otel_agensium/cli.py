@@ -32,7 +32,7 @@ def _check(_: argparse.Namespace) -> int:
 
 def _settings(_: argparse.Namespace) -> int:
     for s in settings_module.SETTINGS:
-        default = "<none>" if s.default in (None, {}) else s.default
+        default = "<none>" if s.default in (None, {}, ()) else s.default
         if isinstance(default, tuple):
             default = ",".join(default)
         print(f"{s.env:36} default={default!s:24} {s.doc}")

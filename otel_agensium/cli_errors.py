@@ -154,6 +154,8 @@ def load_app(app_path: str | None, broker: str | None, secrets: Iterable[str | N
         if isinstance(cause, ModuleNotFoundError) and cause.name and module.startswith(cause.name):
             fix = (f"Check the name, and run from the directory that holds {module.split('.')[0]} "
                    "(or add that directory to PYTHONPATH), as for celery -A.")
+        elif isinstance(cause, OSError):  # the module's file exists but cannot be read
+            fix = f"Make {cause.filename or 'the module file of ' + module} readable by this user, or fix the disk."
         elif isinstance(cause, AttributeError):
             fix = "Name the Celery() instance as module:attribute (e.g. myapp.celery:app), as for celery -A."
         else:

@@ -71,10 +71,6 @@ def _transport_options(broker: str, timeout: float) -> dict[str, float]:
 
 
 def run(broker: str = "memory://", tasks: int = 20, otlp: bool = False) -> int:
-    from celery.contrib.testing.worker import start_worker
-    from opentelemetry import trace
-
-    from . import configure
     from .cli_errors import check_broker
     from .settings import load
 
@@ -90,6 +86,11 @@ def run(broker: str = "memory://", tasks: int = 20, otlp: bool = False) -> int:
         check_broker(app, settings.health_timeout)  # a broker that refuses or hangs: one line, before any wait
     if otlp:
         _check_otlp(settings.health_timeout)
+    from celery.contrib.testing.worker import start_worker  # imported once the checks passed
+    from opentelemetry import trace
+
+    from . import configure
+
     port = _free_port()
     handle = configure(service_name="otel-agensium-demo", prometheus_port=port, otlp=otlp)
     tracer = trace.get_tracer("otel_agensium.demo")

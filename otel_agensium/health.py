@@ -2,7 +2,7 @@
 
 ::
 
-    from otel_agensium.health import health_router
+    from otel_agensium import health_router
     api.include_router(health_router(app=celery_app))
 
 * ``GET /health``: the process is alive. Touches nothing, always 200.
@@ -12,7 +12,7 @@
 * ``GET /health/queue``: a subset of Redis INFO, the live workers per queue and the
   queue depths. 503 when one of them could not be read; no workers is data, not an error.
 
-Every check is a :class:`~otel_agensium.probe.Probe`: it runs in a daemon thread
+Every check is a :class:`~otel_agensium._probe.Probe`: it runs in a daemon thread
 (the event loop never blocks), the request waits for it at most ``timeout`` seconds
 (``AGENSIUM_HEALTH_TIMEOUT``) on top of the clients' own socket timeouts, one run per
 check is in flight at a time, and its answer (success or failure) is reused for
@@ -29,8 +29,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from ._probe import Probe
 from .celery.queues import CeleryQueues
-from .probe import Probe
 from .redact import describe, redact_url, url_password
 from .settings import load
 

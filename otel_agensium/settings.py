@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .parsers import (
+from ._parsers import (
     PROTOCOLS,
     _bool,
     _choice,
@@ -53,7 +53,6 @@ SAMPLERS = (
     "parentbased_traceidratio",
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-DEFAULT_QUEUES = ("celery", "profile", "clean", "master")
 __all__ = ["BY_NAME", "PROTOCOLS", "SETTINGS", "ConfigurationError", "Setting", "Settings", "check", "load"]
 
 
@@ -120,8 +119,9 @@ class Settings:
     max_task_names: int = _row(None, 500, _int_range(1, 100_000), "Distinct task_name label values before 'other'.")
     process_metrics: bool = _row(None, True, _bool,
                                  "Export resident memory and CPU time of each Celery worker process.")
-    queues: tuple[str, ...] = _row(None, DEFAULT_QUEUES, _names,
-                                   "Queues whose depth is measured, besides those workers consume.")
+    queues: tuple[str, ...] = _row(
+        None, (), _names, "Queues whose depth is measured, besides those workers consume (unset: the app's own: "
+        "task_default_queue, task_queues, task_routes, per-task queue=).")
     redis_url: str | None = _row(
         None, None, _optional_url("redis", "rediss", "unix"),
         "Redis the health router checks (default: the Celery app's broker when it is Redis).", secret=True)

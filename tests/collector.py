@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,19 +58,26 @@ def shipped_configs() -> list[tuple[Path, str]]:
     return found
 
 
-def validate(config: Path, sets: Sequence[str] = (), env: Mapping[str, str] | None = None
-             ) -> subprocess.CompletedProcess:
-    """``otelcol-agensium validate`` on ``config``: exit status and output."""
-    args = [collector_binary(), "validate", "--config", str(config), *(f"--set={s}" for s in sets)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+def validate(config: Path, sets: Sequence[str] = (), *, extra_configs: Sequence[Path] = (),
+             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``otelcol-agensium validate`` on ``config`` (and ``extra_configs`` merged over it): exit status and output."""
+    configs = [f"--config={c}" for c in (config, *extra_configs)]
+    args = [collector_binary(), "validate", *configs, *(f"--set={s}" for s in sets)]
+    full_env = {**os.environ, **env} if env is not None else None
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, env=full_env)
 
 
 class Collector:
     """One Collector process; ``sets`` are ``--set key::path=value`` overrides of ``config``."""
 
     def __init__(self, config: Path = SHIPPED_CONFIG, sets: Mapping[str, str] | None = None,
-                 env: Mapping[str, str] | None = None, name: str = "collector") -> None:
+                 env: Mapping[str, str] | None = None, name: str = "collector",
+                 extra_configs: Sequence[Path] = (), prefix: Sequence[str] = ()) -> None:
+        """``extra_configs`` are merged over ``config`` (later files win, lists replace lists);
+        ``prefix`` runs the binary under a wrapper command (e.g. a private mount namespace)."""
         self.config = config
+        self.extra_configs = list(extra_configs)
+        self.prefix = list(prefix)
         self.health_port = free_port()
         self.sets = {"extensions::health_check::endpoint": f"127.0.0.1:{self.health_port}", **(sets or {})}
         self.env = dict(env or {})
@@ -77,15 +85,16 @@ class Collector:
         self.proc: Proc | None = None
 
     def start(self, timeout: float = 30.0) -> Collector:
-        args = [collector_binary(), "--config", str(self.config), *(f"--set={k}={v}" for k, v in self.sets.items())]
+        configs = [f"--config={c}" for c in (self.config, *self.extra_configs)]
+        args = [*self.prefix, collector_binary(), *configs, *(f"--set={k}={v}" for k, v in self.sets.items())]
         self.proc = Proc(args, env=self.env, name=self.name)
         self.proc.wait_http_ok(f"http://127.0.0.1:{self.health_port}/", timeout=timeout)
         return self
 
-    def stop(self, timeout: float = 20.0) -> int | None:
+    def stop(self, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:
             return None
-        code = self.proc.stop(timeout=timeout)
+        code = self.proc.stop(sig, timeout=timeout)
         return code
 
     def __enter__(self) -> Collector:

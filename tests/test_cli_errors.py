@@ -104,8 +104,10 @@ def _cases(u: dict[str, str]) -> list[Case]:
              "RuntimeError: the app's own start-up failed"),
         Case("monitor-app-file-undecodable", ["monitor", "-A", "undecodable_app", "--once"], USAGE,
              "cannot load the Celery app 'undecodable_app': SyntaxError", cwd=u["apps_dir"]),
+        Case("monitor-app-file-dangling", ["monitor", "-A", "dangling_app", "--once"], USAGE,
+             "cannot load the Celery app 'dangling_app'", cwd=u["apps_dir"]),
         Case("monitor-app-file-unreadable", ["monitor", "-A", "unreadable_app", "--once"], USAGE,
-             "cannot load the Celery app 'unreadable_app'", cwd=u["apps_dir"]),
+             "OSError: [Errno 5] Input/output error Fix: Make", cwd=u["apps_dir"]),
         Case("monitor-app-unknown-transport", ["monitor", "-A", "tests.apps.cli_apps:bad_transport", "--once"],
              USAGE, "unknown broker transport 'nonsense'"),
         Case("doctor-app-missing", ["doctor", "-A", "nosuchmod", "--timeout", "1"], FAILED,
@@ -198,7 +200,8 @@ def brokers(tmp_path_factory):
     """A password-protected redis-server, a frozen one (SIGSTOP), a socket that accepts and never answers."""
     apps = tmp_path_factory.mktemp("cli_apps")
     (apps / "undecodable_app.py").write_bytes(b"name = '\xff\xfe'\n")  # not UTF-8: Python cannot read it
-    (apps / "unreadable_app.py").symlink_to(apps / "gone" / "app.py")  # a module file that cannot be opened
+    (apps / "dangling_app.py").symlink_to(apps / "gone" / "app.py")  # a module file that is not there
+    (apps / "unreadable_app.py").symlink_to("/proc/self/mem")  # a file whose read fails (EIO), even for root
     good = RedisServer(password=PASSWORD).start()
     frozen = RedisServer().start()
     silent = socket.socket()
@@ -241,8 +244,10 @@ def _outcome(case: Case) -> subprocess.CompletedProcess | str:
         TIMES[case.id] = time.monotonic() - started
 
 
-CASE_IDS = [c.id for c in _cases({k: "" for k in ("good", "wrong", "nopass", "refused", "frozen", "silent_redis",
-                                                   "silent_amqp", "silent_http", "otlp", "apps_dir")})]
+# The cases with their URLs left empty: their ids and commands, known before any broker starts.
+LISTED = _cases({k: "" for k in ("good", "wrong", "nopass", "refused", "frozen", "silent_redis", "silent_amqp",
+                                 "silent_http", "otlp", "apps_dir")})
+CASE_IDS = [c.id for c in LISTED]
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
@@ -264,10 +269,8 @@ def test_bad_input_is_answered_in_a_few_lines_with_the_documented_status(sweep, 
 def test_sweep_covers_every_subcommand_and_every_exit_status():
     help_text = subprocess.run([CLI, "--help"], capture_output=True, text=True, timeout=BOUND).stdout
     commands = re.search(r"\{([a-z,]+)\}", help_text)[1].split(",")
-    cases = _cases({k: "" for k in ("good", "wrong", "nopass", "refused", "frozen", "silent_redis", "silent_amqp",
-                                    "silent_http", "otlp", "apps_dir")})
-    assert len(commands) == 5 and set(commands) <= {c.args[0] for c in cases if c.args}, commands
-    assert {c.status for c in cases} == {OK, FAILED, USAGE, SIGPIPE_DEATH}
+    assert len(commands) == 5 and set(commands) <= {c.args[0] for c in LISTED if c.args}, commands
+    assert {c.status for c in LISTED} == {OK, FAILED, USAGE, SIGPIPE_DEATH}
 
 
 def test_a_bug_in_the_package_keeps_its_traceback_and_debug_shows_one_for_a_known_error():
@@ -302,6 +305,20 @@ def test_long_running_monitor_on_a_frozen_broker_starts_warns_and_stops_within_t
         status = monitor.stop(signal.SIGTERM, timeout=BOUND)
     assert status == 0, monitor.output[-3000:]
     assert "Traceback" not in monitor.output
+
+
+def test_rabbitmq_refusing_the_password_is_one_line_without_it():
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    url = f"amqp://guest:{WRONG}@127.0.0.1:5672//"
+    for args, says in ((["demo", "--broker", url], "authentication failed (AccessRefused"),
+                       (["doctor", "--broker", url, "--timeout", "2"], "authentication failed")):
+        result = _run(Case("rabbit", args, FAILED, says, max_lines=12))
+        answer = result.stdout + result.stderr
+        assert result.returncode == FAILED and says in answer, answer
+        assert WRONG not in answer and "Traceback" not in answer, answer
 
 
 def test_interrupted_demo_says_so_and_exits_130():

@@ -17,7 +17,8 @@ ENV_REFERENCE = re.compile(r"\$\{env:(\w+)\}")
 
 def _env_for(text: str) -> dict[str, str]:
     """A value for every ``${env:NAME}`` without a default, as the Pod or compose would set it."""
-    return {name: "127.0.0.1" for name in ENV_REFERENCE.findall(text)}
+    return {name: "http://127.0.0.1:9" if name.endswith(("_URL", "_ENDPOINT")) else "127.0.0.1"
+            for name in ENV_REFERENCE.findall(text)}
 
 
 def test_the_shipped_config_is_among_those_checked():

@@ -22,10 +22,10 @@ from kombu import Queue
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from otel_agensium._probe import Probe
 from otel_agensium.celery.gauges import QueueGauges
 from otel_agensium.celery.metrics import ACTIVE_WORKERS, QUEUE_LENGTH
 from otel_agensium.celery.queues import CeleryQueues, redis_keys
-from otel_agensium.probe import Probe
 from tests.otlp_receiver import wait_for
 from tests.procs import ROOT, Proc, RedisServer, celery_worker, free_port
 
@@ -316,3 +316,22 @@ def test_active_workers_drop_within_60s_of_sigkill(redis_server, receiver):
         worker_a.stop(signal.SIGKILL)
         if worker_b is not None:
             worker_b.stop()
+
+
+def test_default_queues_are_the_apps_own_plus_configured_ones():
+    """AGENSIUM_QUEUES unset: the app's default queue, task_queues, task_routes and per-task queue=."""
+    from otel_agensium.settings import load
+
+    assert load(environ={}).queues == ()
+    app = Celery("defaults", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    app.conf.task_default_queue = "main"
+    app.conf.task_queues = [Queue("main"), Queue("bulk")]
+    app.conf.task_routes = {"reports.*": {"queue": "reports"}, "mail.send": "emails"}
+
+    @app.task(name="thumbs.make", queue="images")
+    def make() -> None: ...
+
+    own = ["bulk", "emails", "images", "main", "reports"]
+    assert sorted(CeleryQueues(app).queues()) == own
+    assert sorted(CeleryQueues(app, load(environ={}).queues).queues()) == own
+    assert CeleryQueues(app, ["only"]).queues() == ["only"]  # AGENSIUM_QUEUES or --queues set: those

@@ -39,3 +39,18 @@ def test_a_bad_argument_names_the_argument_and_never_says_a_default_is_used():
 
 def test_the_package_ships_py_typed():
     assert (Path(otel_agensium.__file__).parent / "py.typed").is_file()
+
+
+def test_the_public_api_is_importable_from_the_package():
+    import subprocess
+    import sys
+
+    for name in otel_agensium.__all__:
+        assert getattr(otel_agensium, name) is not None, name
+    from otel_agensium import bind, health_router, install_queue_gauges  # noqa: F401
+    # The lazy names cost nothing until used: the package alone does not import FastAPI or Celery's gauges.
+    code = ("import sys, otel_agensium; "
+            "print(sorted(m for m in ('fastapi', 'otel_agensium.health', 'otel_agensium.celery.gauges') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr

@@ -1,4 +1,4 @@
-"""Celery integration: the seed's task metrics from Celery's signals, plus the contrib tracer.
+"""Celery integration: the task metrics from Celery's signals, plus the contrib tracer.
 
 Where each metric moves:
 

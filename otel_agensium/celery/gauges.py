@@ -1,7 +1,7 @@
 """``celery_queue_length`` and ``celery_active_workers`` as observable gauges.
 
 :class:`QueueGauges` registers them on the SDK meter provider, so every reader (OTLP
-push, Prometheus pull) exports them. Each callback waits on a :class:`~otel_agensium.probe.Probe`
+push, Prometheus pull) exports them. Each callback waits on a :class:`~otel_agensium._probe.Probe`
 around :class:`~otel_agensium.celery.queues.CeleryQueues`; a collection that fails or times
 out reports nothing: an old depth is never exported as a fresh one.
 
@@ -17,8 +17,8 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
+from .._probe import Probe
 from ..integration import Integration
-from ..probe import Probe
 from ..redact import describe
 from .backlog import QueueFigures, RedisBacklog, read_figures, worker_concurrency
 from .metrics import (

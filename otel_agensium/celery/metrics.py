@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, MeterProvider, Observation
 
-# The seed's buckets, in seconds; dashboards and alerts depend on them (+Inf is implicit).
+# The task-duration buckets, in seconds; dashboards and alerts depend on them (+Inf is implicit).
 # Integers on purpose: the Python Prometheus exporter prints a bound as Python formats
 # it (le="1800"). The Collector's prometheus exporter, with OpenMetrics on, writes
 # le="1800.0", and Prometheus 3 normalises every le to that float form on ingestion;

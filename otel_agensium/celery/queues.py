@@ -8,12 +8,14 @@
 * :meth:`CeleryQueues.workers` broadcasts ``active_queues`` and counts the workers that
   answer, per queue. Only live workers answer a broadcast, so a SIGKILLed worker drops
   out of the very next collection, with no task events (``-E``) and no heartbeat expiry.
-* Which queues: the configured ones (``AGENSIUM_QUEUES``) plus every queue a worker has
-  been seen consuming (at most :data:`MAX_QUEUES`, so label values stay bounded). A
-  queue whose workers all died keeps being reported, with 0 workers.
+* Which queues: the configured ones (``AGENSIUM_QUEUES``) or, by default, the app's own
+  (:func:`app_queues`: ``task_default_queue``, ``task_queues``, ``task_routes``, per-task
+  ``queue=``), plus every queue a worker has been seen consuming (at most
+  :data:`MAX_QUEUES`, so label values stay bounded). A queue whose workers all died keeps
+  being reported, with 0 workers.
 
 Both calls block on the network: callers wait on them through a
-:class:`~otel_agensium.probe.Probe`. The gauges that export them are in
+:class:`~otel_agensium._probe.Probe`. The gauges that export them are in
 :mod:`otel_agensium.celery.gauges`.
 """
 
@@ -25,7 +27,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..redact import redact_url
-from ..settings import DEFAULT_QUEUES
 
 _log = logging.getLogger("otel_agensium.queues")
 
@@ -59,6 +60,38 @@ def redis_keys(queue: str, prefix: str = "", sep: str | None = None,
 # --- reading the broker ----------------------------------------------------------------
 
 
+def app_queues(app: Any) -> dict[str, str]:
+    """Queue name -> where ``app`` says it sends tasks there: ``task_default_queue``,
+    ``task_queues``, ``task_routes`` (maps, patterns and router functions) and per-task ``queue=``."""
+    from celery.app.routes import MapRoute, prepare
+
+    out: dict[str, str] = {}
+    conf = app.conf
+
+    def add(name: Any, why: str) -> None:
+        name = getattr(name, "name", name)
+        if isinstance(name, str) and name and name not in out and len(out) < MAX_QUEUES:
+            out[name] = why
+
+    add(conf.task_default_queue, "task_default_queue")
+    for queue in conf.task_queues or ():
+        add(queue, "task_queues")
+    for router in prepare(conf.task_routes):
+        if isinstance(router, MapRoute):
+            for route in [*router.map.values(), *router.patterns.values()]:
+                add(route.get("queue") if isinstance(route, dict) else route, "task_routes")
+    for name, task in list(app.tasks.items()):
+        if name.startswith("celery."):  # Celery's own tasks
+            continue
+        if getattr(task, "queue", None):
+            add(task.queue, f"{name} (queue=)")
+        try:  # router functions too: where would this task go with no options?
+            add(app.amqp.router.route({}, name).get("queue"), f"task_routes ({name})")
+        except Exception:  # noqa: BLE001, S112 - a router that needs real arguments: skipped
+            continue
+    return out
+
+
 class CeleryQueues:
     """Queue depth and live workers for a Celery app's broker. Every call blocks; see :class:`Probe`."""
 
@@ -75,7 +108,9 @@ class CeleryQueues:
         self.transport = str(conn.transport_cls)
         self.broker = redact_url(conn.as_uri(include_password=True))
         self.secrets: list[str] = [conn.password] if conn.password else []
-        self.add_queues(DEFAULT_QUEUES if queues is None else queues)
+        names = list(queues or ())
+        self._app_queues_pending = not names  # read from the app on first use (its tasks may come later)
+        self.add_queues(names)
 
     @property
     def is_redis(self) -> bool:
@@ -83,6 +118,9 @@ class CeleryQueues:
 
     # -- which queues ----------------------------------------------------------------
     def queues(self) -> list[str]:
+        if self._app_queues_pending:
+            self._app_queues_pending = False
+            self.add_queues(app_queues(self.app))
         with self._lock:
             return list(self._known)
 
@@ -215,7 +253,7 @@ def _close_quietly(thing: Any) -> None:
 
 
 # Names that lived here before the split; kept importable from this module.
-_MOVED = {"Probe": "..probe", "Sample": "..probe", "describe": "..redact", "scrub": "..redact",
+_MOVED = {"Probe": ".._probe", "Sample": ".._probe", "describe": "..redact", "scrub": "..redact",
           "QueueGauges": ".gauges", "install_queue_gauges": ".gauges"}
 
 

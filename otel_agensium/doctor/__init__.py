@@ -1,4 +1,4 @@
-"""``otel-agensium doctor -A myapp``: the seed's troubleshooting guide, run as checks.
+"""``otel-agensium doctor -A myapp``: the troubleshooting guide (README, Troubleshooting), run as checks.
 
 One line per check, with a verdict and, when something is wrong, the fix in one sentence::
 
@@ -47,7 +47,7 @@ What each check reads, and what it reuses:
   ``task_time_limit`` (and per-task limits), ``worker_max_memory_per_child``; missing
   ones warn. Flags given on a worker's command line are not visible from here.
 
-Every network step runs in a :class:`~otel_agensium.probe.Probe` thread and is
+Every network step runs in a :class:`~otel_agensium._probe.Probe` thread and is
 waited for at most ``--timeout`` seconds (default ``AGENSIUM_HEALTH_TIMEOUT``); a check
 that raises is reported as failed, never as a traceback.
 
@@ -69,7 +69,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import TextIO
 
-from ..probe import Probe, Sample
+from .._probe import Probe, Sample
 from ..redact import describe
 from . import app, beat, broker, eta, limits, otlp, queues
 from .context import Context

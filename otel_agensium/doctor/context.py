@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..probe import Probe
+from .._probe import Probe
 from ..redact import url_password
 from ..settings import Settings, load
 
@@ -34,8 +34,7 @@ class Context:
         environ = dict(os.environ if environ is None else environ)
         settings = load(environ=environ, strict_raises=False)
         wait = float(timeout if timeout is not None else settings.health_timeout)
-        explicit = queues if queues is not None else (
-            list(settings.queues) if environ.get("AGENSIUM_QUEUES", "").strip() else None)
+        explicit = queues if queues is not None else (list(settings.queues) or None)
         return cls(settings, wait, min(float(settings.inspect_timeout), wait), app_path,
                    broker or settings.broker_url, explicit)
 

@@ -9,15 +9,13 @@ sent to a misspelt queue name is found.
 from __future__ import annotations
 
 import re
-from typing import Any
 
+from ..celery.queues import MAX_QUEUES, app_queues
 from ..redact import describe
 from .broker import skipped_without_broker
 from .context import Context
 from .result import FAIL, OK, SKIPPED, WARN, Result, names, plural
 
-# Queues looked at, at most (label and output sizes stay bounded).
-MAX_QUEUES = 200
 # Keys of kombu's Redis bindings looked at, at most.
 MAX_BINDING_KEYS = 1000
 # Queues of Celery's own plumbing: remote control, replies, events.
@@ -26,33 +24,7 @@ _PLUMBING = re.compile(r"(\.pidbox$|^celeryev\.|\.reply\.celery\.pidbox$)")
 
 def routed_queues(ctx: Context) -> dict[str, str]:
     """Queue name -> where the app says it sends tasks there (empty without -A)."""
-    out: dict[str, str] = {}
-    if not ctx.app_loaded:
-        return out
-    conf = ctx.app.conf
-
-    def add(name: Any, why: str) -> None:
-        name = getattr(name, "name", name)
-        if isinstance(name, str) and name and name not in out and len(out) < MAX_QUEUES:
-            out[name] = why
-
-    add(conf.task_default_queue, "task_default_queue")
-    for queue in conf.task_queues or ():
-        add(queue, "task_queues")
-    from celery.app.routes import MapRoute, prepare
-
-    for router in prepare(conf.task_routes):
-        if isinstance(router, MapRoute):
-            for route in [*router.map.values(), *router.patterns.values()]:
-                add(route.get("queue") if isinstance(route, dict) else route, "task_routes")
-    for name, task in ctx.tasks().items():
-        if getattr(task, "queue", None):
-            add(task.queue, f"{name} (queue=)")
-        try:  # router functions too: where would this task go with no options?
-            add(ctx.app.amqp.router.route({}, name).get("queue"), f"task_routes ({name})")
-        except Exception:  # noqa: BLE001, S112 - a router that needs real arguments: skipped
-            continue
-    return out
+    return app_queues(ctx.app) if ctx.app_loaded else {}
 
 
 def bound_queues(ctx: Context) -> list[str]:
