@@ -41,7 +41,7 @@ from celery import bootsteps
 from ..errors import report
 from ..integration import Integration, connect
 
-_log = logging.getLogger("otel_agensium.probe")
+_log = logging.getLogger("otel_agensium.worker_probe")
 
 STAMP_EVERY = 1.0  # seconds between the event loop's time stamps
 
