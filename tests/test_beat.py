@@ -135,3 +135,38 @@ def test_beat_verdicts():
     assert verdict == "warn" and data["not_reported"] == ["c"] and data["not_in_schedule"] == ["b"]
     down = {**alive, BEAT_FIELD: {"next_tick": now - 100}}
     assert beat_verdict(schedule, down, 60, now)[1].startswith("beat is down: it promised to wake up 100.0 s ago")
+
+
+CUSTOM_SCHEDULER = """
+import json, sys, time
+from celery import Celery
+from celery.beat import Scheduler
+import otel_agensium
+from otel_agensium.celery.beat import instrument_scheduler
+
+handle = otel_agensium.configure(otlp=False, logs=False, traces=False)
+app = Celery("custom-beat", broker=sys.argv[1], set_as_current=False)
+app.conf.beat_schedule = {"half-second": {"task": "t.ok", "schedule": 0.5, "options": {"queue": sys.argv[2]}}}
+scheduler = Scheduler(app=app, lazy=False)  # a scheduler this process drives itself, no `celery beat`
+beat = instrument_scheduler(scheduler, handle)
+deadline = time.monotonic() + 2.2
+while time.monotonic() < deadline:
+    time.sleep(max(0.0, min(scheduler.tick(), deadline - time.monotonic())))
+state = beat.snapshot()["half-second"]
+print(json.dumps({"sends": state.sends, "errors": state.errors, "last_sent": state.last_sent, "lag": state.lag}))
+"""
+
+
+def test_a_scheduler_driven_by_the_app_itself(redis_server):
+    queue = f"beat-custom-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", CUSTOM_SCHEDULER, redis_server.url, queue], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    client = redis.Redis.from_url(redis_server.url)
+    headers = _messages(client, queue)
+    assert figures["sends"] == len(headers) >= 4 and figures["errors"] == 0
+    assert figures["last_sent"] == headers[-1]["agensium_sent_at"]
+    assert headers[-1]["agensium_beat_entry"] == "half-second"
+    client.delete(queue, "agensium:beat:custom-beat")
