@@ -118,15 +118,21 @@ class BeatIntegration(Integration):
         self._lock = threading.Lock()
         self._sending = _Sending()
         self._counters: tuple[Any, Any] | None = None
+        self._publish_hooks = False
         self._status: Any = None  # (redis client, key) on a Redis broker
 
     # -- install / uninstall -------------------------------------------------------
     def setup(self) -> None:
-        for signal, handler in ((signals.beat_init, self._on_beat_init),
-                                (signals.beat_embedded_init, self._on_beat_init),
-                                (signals.before_task_publish, self._on_before_publish),
-                                (signals.after_task_publish, self._on_after_publish)):
-            connect(self, signal, handler)
+        connect(self, signals.beat_init, self._on_beat_init)
+        connect(self, signals.beat_embedded_init, self._on_beat_init)
+        self._publish_hooks = False
+
+    def _hook_publish(self) -> None:
+        """The publish signals, connected once a scheduler is instrumented: other processes pay nothing."""
+        if not self._publish_hooks:
+            self._publish_hooks = True
+            connect(self, signals.before_task_publish, self._on_before_publish)
+            connect(self, signals.after_task_publish, self._on_after_publish)
 
     # -- the scheduler -------------------------------------------------------------
     @guarded
@@ -140,6 +146,7 @@ class BeatIntegration(Integration):
         if scheduler.__dict__.get("_agensium_beat"):
             return
         self._create_instruments()
+        self._hook_publish()
         apply_entry, tick = scheduler.apply_entry, scheduler.tick
 
         def wrapped_apply_entry(entry: Any, producer: Any = None) -> Any:
