@@ -15,14 +15,17 @@ Plain functions, no pytest fixtures, so any test module can build its own fixtur
         for server in servers:
             stop_prometheus(server)
 
-Prometheus is Debian's `prometheus` binary (package `prometheus`, 2.42 on
-bookworm). Every wait here is bounded and every server is stopped, even when it
-failed to start.
+Prometheus is 3.16, built from its Go module by collector/build-prometheus.sh
+(cached outside the repository), or Debian's 2.42 (package `prometheus`) where
+Go is missing; AGENSIUM_TEST_PROMETHEUS=/path picks one. Every wait here is
+bounded and every server is stopped, even when it failed to start.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 import shutil
 import socket
@@ -80,7 +83,20 @@ class PrometheusServer:
             return ""
 
 
+BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "collector" / "build-prometheus.sh"
+
+
+@functools.cache
 def prometheus_binary() -> str | None:
+    """Prometheus 3 built from its Go module by collector/build-prometheus.sh (cached), else
+    Debian's 2.42 when Go is missing; None when neither is there."""
+    if os.environ.get("AGENSIUM_TEST_PROMETHEUS"):  # a binary of your choice, e.g. /usr/bin/prometheus
+        return os.environ["AGENSIUM_TEST_PROMETHEUS"]
+    done = subprocess.run([str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=1800)
+    if done.returncode == 0:
+        return done.stdout.strip().splitlines()[-1]
+    if done.returncode != 2:  # Go is there but the build failed: say so rather than test 2.42 quietly
+        raise PrometheusError(f"collector/build-prometheus.sh failed:\n{done.stderr[-3000:]}")
     return shutil.which("prometheus")
 
 

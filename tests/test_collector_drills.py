@@ -7,6 +7,7 @@ metric_expiration, a low memory limit) are `--set` overrides of the shipped file
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -249,3 +250,41 @@ def test_recycled_child_series_expire_after_metric_expiration(tempo, sinks, apps
     print(f"\n[drill metric-expiration] two recycled children's series (two instances) left Prometheus "
           f"{gone_after:.1f} s after both were seen (metric_expiration 4s)")
     assert len(seen) == 2
+
+
+@pytest.mark.skipif(not os.environ.get("AGENSIUM_DRILL_TEMPO_OUTAGE"),
+                    reason="long drill: set AGENSIUM_DRILL_TEMPO_OUTAGE=60 (seconds) to run it")
+def test_traces_backend_down_with_the_shipped_queue(tempo, sinks, apps):
+    """Tempo down for AGENSIUM_DRILL_TEMPO_OUTAGE seconds under steady traffic, shipped settings
+    (queue 1000 batches, retries for 5 min): what the queue holds, and how long delivery takes after."""
+    tempo_sink, loki = sinks
+    outage = float(os.environ["AGENSIUM_DRILL_TEMPO_OUTAGE"])
+    with AgensiumCollector(tempo.endpoint, loki.endpoint) as collector:
+        worker = celery_worker("tests.apps.collector_app", apps.app.conf.broker_url, collector.otlp_endpoint,
+                               "drill-outage", name="outage", concurrency=2)
+        try:
+            tempo.stop()
+            started, sent, peak = time.monotonic(), 0, 0.0
+            while time.monotonic() - started < outage:
+                for r in [apps.ok.apply_async((1,), queue="drill-outage") for _ in range(10)]:
+                    r.get(timeout=30)
+                sent += 10
+                peak = max(peak, own_metric(collector, "otelcol_exporter_queue_size"))
+                time.sleep(0.2)
+            tempo.start()
+            back = time.monotonic()
+
+            def runs():
+                return sum(1 for s in tempo_sink.spans() if s["name"] == "run/t.ok"
+                           and s["resource"].get("service.name") == "worker-outage")
+
+            wait_for(lambda: runs() >= sent, timeout=outage + 120)
+            took = time.monotonic() - back
+            dropped = own_metric(collector, "otelcol_exporter_enqueue_failed_spans")
+            failed = own_metric(collector, "otelcol_exporter_send_failed_spans")
+        finally:
+            worker.stop()
+    print(f"\n[drill tempo-outage] Tempo down {outage:.0f} s: {sent} tasks, queue peak {peak:.0f} of 1000 batches, "
+          f"all {runs()} run spans delivered {took:.0f} s after it came back; enqueue_failed={dropped:.0f} "
+          f"send_failed={failed:.0f}")
+    assert runs() == sent and dropped == 0 and failed == 0

@@ -74,7 +74,7 @@ def test_without_a_failure_the_same_script_installs_everything(tmp_path):
     report, _ = _configure_with_failure("none", tmp_path)
     assert report["enabled"] is True
     assert report["installed"] == ["celery", "celery-beat", "celery-canvas", "celery-worker-tasks", "error_counters",
-                                   "logs", "redis", "web"]
+                                  "logs", "redis", "web"]  # worker probes only with AGENSIUM_WORKER_PROBE_PORT
     after, before = report["after"], report["before"]
     assert after["receivers"]["task_prerun"] == before["receivers"]["task_prerun"] + 3  # ours, the tracer's, canvas's
     assert after["redis_wrapped"] and after["pipeline_wrapped"] and after["fastapi_wrapped"]

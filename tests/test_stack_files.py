@@ -414,10 +414,9 @@ def test_collector_exporters_reach_compose_services():
     config = collector()
     pipelines = config["service"]["pipelines"]
     assert pipelines["metrics"]["exporters"] == ["prometheus"]
-    # otlp_grpc/otlp_http are the exporters' type names in 0.161.0; otlp/otlphttp are
-    # deprecated aliases that release still accepts.
-    assert [e.split("/")[0] for e in pipelines["traces"]["exporters"]] in (["otlp"], ["otlp_grpc"])
-    assert [e.split("/")[0] for e in pipelines["logs"]["exporters"]] in (["otlphttp"], ["otlp_http"])
+    # 0.161's names (otlp and otlphttp are deprecated aliases)
+    assert [e.split("/")[0] for e in pipelines["traces"]["exporters"]] == ["otlp_grpc"]
+    assert [e.split("/")[0] for e in pipelines["logs"]["exporters"]] == ["otlp_http"]
     for name, exporter in config["exporters"].items():
         if name == "prometheus":
             continue
@@ -438,12 +437,9 @@ def test_collector_exporters_reach_compose_services():
 def test_collector_prometheus_exporter_keeps_exemplars_and_spec_names():
     exporter = collector()["exporters"]["prometheus"]
     assert exporter["enable_open_metrics"] is True
-    # Type and unit suffixes: the older switch, or its successor's equivalent value.
-    assert exporter.get("add_metric_suffixes") is True or exporter.get("translation_strategy") in (
-        "UnderscoreEscapingWithSuffixes",
-        "NoUTF8EscapingWithSuffixes",
-    )
-    assert exporter["resource_to_telemetry_conversion"]["enabled"] is False
+    assert exporter["translation_strategy"] == "UnderscoreEscapingWithSuffixes"
+    assert exporter["without_scope_info"] is True
+    assert not {"resource_to_telemetry_conversion", "resource_constant_labels"} & set(exporter)
     assert "namespace" not in exporter, "a namespace would prefix every SPEC name"
     port = int(exporter["endpoint"].rsplit(":", 1)[1])
     assert port in container_ports(compose()["services"]["collector"])
@@ -459,6 +455,11 @@ def test_collector_image_is_the_release_the_manifest_builds():
     repo, _, tag = image.rpartition(":")
     assert repo == "otel/opentelemetry-collector-contrib"
     assert tag == str(load_yaml(COLLECTOR_MANIFEST)["dist"]["version"])
+
+
+def test_collector_config_is_written_for_the_release_the_manifest_builds():
+    version = load_yaml(REPO / "collector" / "builder-config.yaml")["dist"]["version"]
+    assert f"Written against Collector {version} " in COLLECTOR.read_text()
 
 
 # ----------------------------------------------------------------------- prometheus, alertmanager
