@@ -269,6 +269,11 @@ SETTINGS: tuple[Setting, ...] = (
     _own("health_timeout", 2.0, _positive_seconds, "Seconds each health check may take."),
     _own("health_cache_ttl", 1.0, _float_range(0.0, 60.0), "Seconds a health check result is reused (0: never)."),
     _own("inspect_timeout", 1.0, _positive_seconds, "Seconds workers get to answer an active_queues broadcast."),
+    _own(
+        "shutdown_timeout", 5.0, _positive_seconds,
+        "Seconds the final flush of spans, metrics and logs may take when a process stops (a worker's "
+        "processes share one deadline); what is not sent by then is dropped and counted in one line.",
+    ),
     Setting(
         "broker_url", PREFIX + "BROKER_URL", None, _optional_url("redis", "rediss", "amqp", "amqps", "pyamqp"),
         "Broker `otel-agensium monitor` watches when no Celery app (-A) is given.", secret=True,

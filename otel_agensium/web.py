@@ -21,6 +21,7 @@ request yet; otherwise call ``otel_agensium.instrument_app(app)``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -48,6 +49,33 @@ class _HeaderGetter:
 
 
 _GETTER = _HeaderGetter()
+
+
+async def _flush_at_shutdown(app: Any, scope: dict, receive: Any, send: Any) -> None:
+    """The lifespan scope, with the final flush before the app reports its shutdown complete.
+
+    uvicorn ends a SIGTERM'd server by raising the signal again once the app has shut down:
+    the process dies of it and no ``atexit`` handler (the SDK's or ours) ever runs. So the
+    flush happens here, in a thread (the event loop stays free), bounded by
+    ``AGENSIUM_SHUTDOWN_TIMEOUT``.
+    """
+    async def send_after_flush(message: dict) -> None:
+        if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            from .bootstrap import current
+
+            handle = current()
+            if handle is not None:
+                await asyncio.get_running_loop().run_in_executor(None, handle.final_flush)
+        await send(message)
+
+    await app(scope, receive, send_after_flush)
+
+
+def _call_with_flush_at_shutdown(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """``FastAPI.__call__`` (either instrumentation): lifespan scopes get the final flush."""
+    if args and isinstance(args[0], dict) and args[0].get("type") == "lifespan":
+        return _flush_at_shutdown(wrapped, *args, **kwargs)
+    return wrapped(*args, **kwargs)
 
 
 class LeanASGIMiddleware:
@@ -153,6 +181,7 @@ class FastAPIIntegration:
         if self.mode == "contrib":
             from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+            wrapt.wrap_function_wrapper("fastapi", "FastAPI.__call__", _call_with_flush_at_shutdown)
             self._instrumentor = FastAPIInstrumentor()
             self._instrumentor.instrument(**self._contrib_kwargs())
             return
@@ -169,6 +198,7 @@ class FastAPIIntegration:
             )
         self._excluded = get_excluded_urls("FASTAPI")
         wrapt.wrap_function_wrapper("fastapi", "FastAPI.build_middleware_stack", self._wrap_stack)
+        wrapt.wrap_function_wrapper("fastapi", "FastAPI.__call__", _call_with_flush_at_shutdown)
         import fastapi
 
         if hasattr(fastapi, "telemetry"):  # FastAPI versions with native OpenTelemetry support
@@ -189,11 +219,13 @@ class FastAPIIntegration:
             app.middleware_stack = LeanASGIMiddleware(stack, self._tracer, self._duration, self._excluded)
 
     def uninstall(self) -> None:
-        if self._instrumentor is not None:
-            self._instrumentor.uninstrument()
-            return
         import fastapi
 
+        if self._instrumentor is not None:
+            self._instrumentor.uninstrument()
+            unwrap(fastapi.FastAPI, "__call__")
+            return
         unwrap(fastapi.FastAPI, "build_middleware_stack")
+        unwrap(fastapi.FastAPI, "__call__")
         if hasattr(fastapi, "telemetry"):
             unwrap(fastapi.FastAPI, "__init__")

@@ -40,6 +40,7 @@ from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.trace import TracerProvider
 
 from ..errors import guarded
+from ..shutdown import worker_stopping
 from .metrics import ProcessMetrics, TaskMetrics
 from .utils import SENT_AT_HEADER, BoundedLabels, queue_of
 
@@ -83,6 +84,7 @@ class CeleryIntegration:
         self._connect(signals.worker_init, self._on_worker_init)
         self._connect(signals.worker_process_shutdown, self._on_process_shutdown)
         self._connect(signals.worker_shutdown, self._on_process_shutdown)
+        self._connect(signals.worker_shutting_down, self._on_shutting_down)
         if self.tracer_provider is not None:
             self._instrumentor = CeleryInstrumentor()
             # Our own duration histogram replaces the instrumentor's flower.* metric.
@@ -196,6 +198,11 @@ class CeleryIntegration:
             self.metrics.meter, worker, memory_limit_kib=getattr(sender, "max_memory_per_child", None)
         )
         self.process_metrics.install()
+
+    @guarded
+    def _on_shutting_down(self, **_: Any) -> None:
+        """SIGTERM/SIGINT in the main process: the children's final flushes will share one deadline."""
+        worker_stopping()
 
     @guarded
     def _on_process_shutdown(self, **_: Any) -> None:

@@ -1,0 +1,119 @@
+"""AGENSIUM_SHUTDOWN_TIMEOUT: a worker, its recycled children and a web app stop on time whatever the
+OTLP endpoint does (live, refusing connections, a black hole that accepts and never answers).
+
+No timed assertion beyond "it exited by itself within budget + a generous margin" (the subprocess
+wait's timeout): the measured seconds are printed in the ``[drill shutdown ...]`` lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from tests.otlp_receiver import Receiver, wait_for
+from tests.procs import BIN, BlackHole, Proc, celery_worker, free_port, refusing_endpoint
+
+BUDGET = 2.0  # AGENSIUM_SHUTDOWN_TIMEOUT in these tests; the export timeout stays at its 10 s default
+MARGIN = 10.0  # machines are noisy: the bound is generous, the figures are printed
+DROPPED_LINE = "otel-agensium: final flush stopped after"
+STATES = ("live", "refusing", "blackhole")
+
+
+@contextlib.contextmanager
+def endpoint_in(state: str) -> Iterator[tuple[str, Receiver | None]]:
+    if state == "live":
+        with Receiver() as receiver:
+            yield receiver.endpoint, receiver
+    elif state == "refusing":
+        yield refusing_endpoint(), None
+    else:
+        with BlackHole() as hole:
+            yield hole.endpoint, None
+
+
+def _stop_timed(proc: Proc) -> tuple[int, float]:
+    started = time.monotonic()
+    code = proc.stop(timeout=BUDGET + MARGIN)  # SIGTERM to the main process; SIGKILL to the group on timeout
+    return code, time.monotonic() - started
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_prefork_worker_and_recycled_children_stop_within_budget(redis_server, state):
+    """20 tasks with --max-tasks-per-child 5 (children recycled on the way), then 2 tasks running at SIGTERM."""
+    from tests.apps import tasks_app
+
+    tasks_app.app.conf.broker_url = redis_server.url
+    tasks_app.app.conf.result_backend = redis_server.url
+    queue, key = f"shutdown-{state}", f"agensium:test:shutdown:{state}"
+    client = redis.Redis.from_url(redis_server.url)
+    client.delete(key)
+    with endpoint_in(state) as (endpoint, receiver):
+        worker = celery_worker(
+            "tests.apps.tasks_app", redis_server.url, endpoint, queue, name=f"budget-{state}", concurrency=2,
+            extra_args=["--max-tasks-per-child", "5"],
+            env={"AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET), "OTEL_METRIC_EXPORT_INTERVAL": "600000"},
+        )
+        try:
+            started = time.monotonic()
+            results = [tasks_app.incr.apply_async((key,), queue=queue) for _ in range(20)]
+            for result in results:  # a recycled child that hung in its flush would hold these up
+                result.get(timeout=BUDGET + MARGIN)
+            tasks_seconds = time.monotonic() - started
+            in_flight = [tasks_app.log_sleep.apply_async((1.0,), queue=queue) for _ in range(2)]
+            wait_for(lambda: all(f"log_sleep before {r.id}" in worker.output for r in in_flight), timeout=30)
+        finally:
+            code, seconds = _stop_timed(worker)
+        recycled = worker.output.count("tasks_app child exiting")
+        dropped = [line for line in worker.lines if DROPPED_LINE in line]
+        print(f"\n[drill shutdown worker {state}] 20 tasks with {recycled} child exits in {tasks_seconds:.1f} s; "
+              f"warm shutdown {seconds:.1f} s (budget {BUDGET:g} s), exit {code}; {len(dropped)} drop lines"
+              + (f", e.g. {dropped[-1][-220:]}" if dropped else ""))
+        assert code == 0, worker.output[-3000:]  # exited by itself within budget + margin
+        assert int(client.get(key)) == 20
+        assert [r.get(timeout=5) for r in in_flight] == [r.id for r in in_flight]  # warm shutdown finished them
+        assert recycled >= 3 + 2  # 20 tasks, 5 per child: at least 3 recycled, then the last two at shutdown
+        if receiver is not None:
+            assert not dropped, dropped
+            totals = wait_for(lambda: receiver.totals("celery_tasks_succeeded"), timeout=10)
+            assert totals[(("queue", queue), ("task_name", "t.incr"))] == 20
+            assert totals[(("queue", queue), ("task_name", "t.log_sleep"))] == 2
+        else:
+            assert dropped, worker.output[-3000:]
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_uvicorn_app_stops_within_budget(redis_server, state):
+    """uvicorn re-raises SIGTERM once the app has shut down (no atexit): the flush runs at lifespan shutdown."""
+    port = free_port()
+    with endpoint_in(state) as (endpoint, receiver):
+        web = Proc(
+            [str(BIN / "python"), "-m", "uvicorn", "tests.apps.web_app:app", "--port", str(port),
+             "--host", "127.0.0.1"],
+            env={"TEST_BROKER_URL": redis_server.url, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                 "OTEL_SERVICE_NAME": f"web-budget-{state}", "AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET),
+                 "OTEL_BSP_SCHEDULE_DELAY": "600000", "OTEL_METRIC_EXPORT_INTERVAL": "600000"},
+            name=f"uvicorn-{state}",
+        )
+        try:
+            web.wait_for_line("Uvicorn running", timeout=60)
+            codes = [httpx.get(f"http://127.0.0.1:{port}/items/{i}", timeout=10).status_code for i in range(20)]
+        finally:
+            code, seconds = _stop_timed(web)
+        dropped = [line for line in web.lines if DROPPED_LINE in line]
+        print(f"\n[drill shutdown uvicorn {state}] 20 requests; stopped in {seconds:.1f} s (budget {BUDGET:g} s), "
+              f"exit {code}" + (f"; {dropped[-1][-200:]}" if dropped else ""))
+        assert codes == [200] * 20
+        assert code in (0, -signal.SIGTERM), web.output[-3000:]  # not -SIGKILL: it exited by itself
+        if receiver is not None:
+            assert not dropped, dropped
+            spans = [s for s in receiver.spans() if s["resource"]["service.name"] == f"web-budget-{state}"]
+            assert len(spans) == 20  # all sent by the final flush (the periodic export was not due)
+        else:
+            assert len(dropped) == 1, web.output[-3000:]
+            assert "20 spans" in dropped[0]
