@@ -42,7 +42,7 @@ POLL_SECONDS = 0.1
 
 # -- the budget a worker's processes share ------------------------------------------------
 # Anonymous shared memory made at import, in the worker's main process before the pool
-# forks: (shutdown announced 0/1, most seconds a child's final flush has spent since).
+# forks: (shutdown announced 0/1, the most seconds one child's final flush has taken since).
 _LAYOUT = struct.Struct("dd")
 _SHARED = mmap.mmap(-1, _LAYOUT.size)
 _announced_by = 0  # pid of the main process that announced its shutdown
@@ -60,7 +60,7 @@ def worker_stopping() -> None:
 
 
 def _share(seconds: float) -> float:
-    """Record a child's spent seconds, or, in the main process, return what the children left."""
+    """This process's share of ``seconds``: all of it, or what the slowest child left (a stopping worker's main)."""
     announced, spent = _shared()
     if not announced:
         return seconds  # no worker shutdown under way (a recycled child, a web app): a budget of its own

@@ -117,3 +117,61 @@ def test_uvicorn_app_stops_within_budget(redis_server, state):
         else:
             assert len(dropped) == 1, web.output[-3000:]
             assert "20 spans" in dropped[0]
+
+
+APP_SCRIPT = """
+import logging, time
+import otel_agensium
+from opentelemetry import trace
+h = otel_agensium.configure(service_name="app-budget", bsp_schedule_delay=100)
+tracer = trace.get_tracer("app")
+for _ in range(10):
+    tracer.start_span("before").end()
+time.sleep(0.5)  # the batch processor is exporting these (or stuck on them) when the app shuts down
+for _ in range(5):
+    tracer.start_span("after").end()
+logging.getLogger("app").warning("one record")
+started = time.monotonic()
+flushed = h.force_flush(timeout_millis=500)
+print(f"force_flush {flushed} after {time.monotonic() - started:.1f} s", flush=True)
+started = time.monotonic()
+h.shutdown()
+print(f"shutdown after {time.monotonic() - started:.1f} s", flush=True)
+"""
+
+
+@pytest.mark.parametrize("state", ("refusing", "blackhole"))
+def test_app_handle_force_flush_and_shutdown_are_bounded(state):
+    """configure()'s handle: force_flush keeps to its timeout, shutdown() to the budget, the loss is counted."""
+    with endpoint_in(state) as (endpoint, _):
+        app = Proc([str(BIN / "python"), "-c", APP_SCRIPT], name=f"app-{state}",
+                   env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET)})
+        try:
+            code = app.proc.wait(BUDGET + MARGIN)
+        finally:
+            app.stop()
+    print(f"\n[drill shutdown app {state}] " + "; ".join(
+        line[-160:] for line in app.lines if line.startswith(("force_flush", "shutdown")) or DROPPED_LINE in line))
+    assert code == 0, app.output[-3000:]
+    assert "force_flush False after" in app.output
+    dropped = [line for line in app.lines if DROPPED_LINE in line]
+    assert len(dropped) == 1, app.output[-3000:]
+    assert "15 spans" in dropped[0]  # 10 in flight, 5 queued: every one counted once
+    assert "1 log records" in dropped[0]
+
+
+def test_monitor_stops_within_budget_with_a_black_hole(redis_server):
+    with BlackHole() as hole:
+        monitor = Proc([str(BIN / "python"), "-m", "otel_agensium.cli", "monitor", "--broker", redis_server.url,
+                        "--queues", "shutdown-monitor"], name="monitor",
+                       env={"OTEL_EXPORTER_OTLP_ENDPOINT": hole.endpoint, "AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET),
+                            "OTEL_METRIC_EXPORT_INTERVAL": "600000", "OTEL_SERVICE_NAME": "monitor-budget"})
+        try:
+            monitor.wait_for_line("otel-agensium monitor: watching", timeout=30)
+        finally:
+            code, seconds = _stop_timed(monitor)
+    dropped = [line for line in monitor.lines if DROPPED_LINE in line]
+    print(f"\n[drill shutdown monitor blackhole] stopped in {seconds:.1f} s, exit {code}"
+          + (f"; {dropped[-1][-160:]}" if dropped else ""))
+    assert code == 0, monitor.output[-3000:]
+    assert len(dropped) == 1 and "metric points" in dropped[0], monitor.output[-3000:]
