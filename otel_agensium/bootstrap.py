@@ -54,7 +54,7 @@ class Handle:
 
         jobs = {f"flush-{name}": flush(name, p) for name, p in self._providers().items()}
         late = shutdown.run_until(time.monotonic() + timeout_millis / 1000, jobs)
-        return not late and all(outcome.values())
+        return not late and len(outcome) == len(jobs) and all(outcome.values())  # a raise counts as False
 
     def final_flush(self) -> None:
         """Send what is buffered within ``AGENSIUM_SHUTDOWN_TIMEOUT`` and shut the providers down.

@@ -8,6 +8,7 @@ wait's timeout): the measured seconds are printed in the ``[drill shutdown ...]`
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -35,6 +36,17 @@ def endpoint_in(state: str) -> Iterator[tuple[str, Receiver | None]]:
     else:
         with BlackHole() as hole:
             yield hole.endpoint, None
+
+
+def _drop_lines(proc: Proc) -> list[str]:
+    """The report lines, as messages (the worker's and app's lines are JSON)."""
+    out = []
+    for line in proc.lines:
+        if DROPPED_LINE in line:
+            with contextlib.suppress(ValueError):
+                line = json.loads(line)["message"]
+            out.append(line)
+    return out
 
 
 def _stop_timed(proc: Proc) -> tuple[int, float]:
@@ -70,10 +82,10 @@ def test_prefork_worker_and_recycled_children_stop_within_budget(redis_server, s
         finally:
             code, seconds = _stop_timed(worker)
         recycled = worker.output.count("tasks_app child exiting")
-        dropped = [line for line in worker.lines if DROPPED_LINE in line]
+        dropped = _drop_lines(worker)
         print(f"\n[drill shutdown worker {state}] 20 tasks with {recycled} child exits in {tasks_seconds:.1f} s; "
               f"warm shutdown {seconds:.1f} s (budget {BUDGET:g} s), exit {code}; {len(dropped)} drop lines"
-              + (f", e.g. {dropped[-1][-220:]}" if dropped else ""))
+              + (f", the main process's: {dropped[-1]}" if dropped else ""))
         assert code == 0, worker.output[-3000:]  # exited by itself within budget + margin
         assert int(client.get(key)) == 20
         assert [r.get(timeout=5) for r in in_flight] == [r.id for r in in_flight]  # warm shutdown finished them
@@ -105,9 +117,9 @@ def test_uvicorn_app_stops_within_budget(redis_server, state):
             codes = [httpx.get(f"http://127.0.0.1:{port}/items/{i}", timeout=10).status_code for i in range(20)]
         finally:
             code, seconds = _stop_timed(web)
-        dropped = [line for line in web.lines if DROPPED_LINE in line]
+        dropped = _drop_lines(web)
         print(f"\n[drill shutdown uvicorn {state}] 20 requests; stopped in {seconds:.1f} s (budget {BUDGET:g} s), "
-              f"exit {code}" + (f"; {dropped[-1][-200:]}" if dropped else ""))
+              f"exit {code}" + (f"; {dropped[-1]}" if dropped else ""))
         assert codes == [200] * 20
         assert code in (0, -signal.SIGTERM), web.output[-3000:]  # not -SIGKILL: it exited by itself
         if receiver is not None:
@@ -150,11 +162,11 @@ def test_app_handle_force_flush_and_shutdown_are_bounded(state):
             code = app.proc.wait(BUDGET + MARGIN)
         finally:
             app.stop()
-    print(f"\n[drill shutdown app {state}] " + "; ".join(
-        line[-160:] for line in app.lines if line.startswith(("force_flush", "shutdown")) or DROPPED_LINE in line))
+    dropped = _drop_lines(app)
+    print(f"\n[drill shutdown app {state}] "
+          + "; ".join(line for line in app.lines if line.startswith(("force_flush", "shutdown"))) + f"; {dropped}")
     assert code == 0, app.output[-3000:]
     assert "force_flush False after" in app.output
-    dropped = [line for line in app.lines if DROPPED_LINE in line]
     assert len(dropped) == 1, app.output[-3000:]
     assert "15 spans" in dropped[0]  # 10 in flight, 5 queued: every one counted once
     assert "1 log records" in dropped[0]
@@ -170,8 +182,8 @@ def test_monitor_stops_within_budget_with_a_black_hole(redis_server):
             monitor.wait_for_line("otel-agensium monitor: watching", timeout=30)
         finally:
             code, seconds = _stop_timed(monitor)
-    dropped = [line for line in monitor.lines if DROPPED_LINE in line]
+    dropped = _drop_lines(monitor)
     print(f"\n[drill shutdown monitor blackhole] stopped in {seconds:.1f} s, exit {code}"
-          + (f"; {dropped[-1][-160:]}" if dropped else ""))
+          + (f"; {dropped[-1]}" if dropped else ""))
     assert code == 0, monitor.output[-3000:]
     assert len(dropped) == 1 and "metric points" in dropped[0], monitor.output[-3000:]

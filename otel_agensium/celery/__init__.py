@@ -201,7 +201,7 @@ class CeleryIntegration:
 
     @guarded
     def _on_shutting_down(self, **_: Any) -> None:
-        """SIGTERM/SIGINT in the main process: the children's final flushes will share one deadline."""
+        """SIGTERM/SIGINT in the main process: its children's final flushes and its own share one budget."""
         worker_stopping()
 
     @guarded
