@@ -99,6 +99,32 @@ def test_prefork_worker_and_recycled_children_stop_within_budget(redis_server, s
             assert dropped, worker.output[-3000:]
 
 
+def test_child_recycled_by_memory_limit_exits_within_budget_with_a_black_hole(redis_server):
+    """--max-memory-per-child 1 (KiB): every task recycles its child, which flushes into a black hole."""
+    from tests.apps import tasks_app
+
+    tasks_app.app.conf.broker_url = redis_server.url
+    tasks_app.app.conf.result_backend = redis_server.url
+    with BlackHole() as hole:
+        worker = celery_worker(
+            "tests.apps.tasks_app", redis_server.url, hole.endpoint, "shutdown-memory", name="budget-memory",
+            concurrency=1, extra_args=["--max-memory-per-child", "1"],
+            env={"AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET)},
+        )
+        try:
+            started = time.monotonic()
+            for i in range(3):  # one child at a time: each task waits for the previous child's exit
+                assert tasks_app.ok.apply_async((i,), queue="shutdown-memory").get(timeout=BUDGET + MARGIN) == i
+            seconds = time.monotonic() - started
+            wait_for(lambda: len(_drop_lines(worker)) >= 2, timeout=BUDGET + MARGIN)
+        finally:
+            code, stop_seconds = _stop_timed(worker)
+    print(f"\n[drill shutdown memory-recycled blackhole] 3 tasks, each in a new child, in {seconds:.1f} s; "
+          f"{len(_drop_lines(worker))} drop lines; warm shutdown {stop_seconds:.1f} s")
+    assert worker.output.count("tasks_app child exiting") >= 3, worker.output[-3000:]  # 2 recycled + the last
+    assert code == 0, worker.output[-3000:]
+
+
 @pytest.mark.parametrize("state", STATES)
 def test_uvicorn_app_stops_within_budget(redis_server, state):
     """uvicorn re-raises SIGTERM once the app has shut down (no atexit): the flush runs at lifespan shutdown."""
