@@ -34,7 +34,7 @@ from typing import Any
 
 _log = logging.getLogger("otel_agensium")
 
-SIGNALS = {"span": "spans", "metric": "metric points", "log": "log records"}
+SIGNALS = {"span": "span", "metric": "metric point", "log": "log record"}
 # Once its own thread has seen the deadline, a provider's shutdown still closes its exporter.
 GRACE_SECONDS = 0.5
 # How often a thread waiting for an export looks whether the final flush has begun.
@@ -191,7 +191,8 @@ def report(endpoint: str, unfinished: list[str]) -> str | None:
     if not dropped and not unfinished:
         return None
     took = time.monotonic() - BUDGET.started
-    what = ", ".join(f"{n} {SIGNALS.get(signal, signal)}" for signal, n in dropped.items()) or "nothing counted"
+    what = ", ".join(f"{n} {SIGNALS.get(signal, signal)}{'' if n == 1 else 's'}"
+                     for signal, n in dropped.items()) or "nothing counted"
     allowed = (BUDGET.deadline or BUDGET.started) - BUDGET.started
     share = "" if allowed >= BUDGET.seconds else f", {allowed:.1f} s of it left by the worker's children"
     line = (f"otel-agensium: final flush stopped after {took:.1f} s (AGENSIUM_SHUTDOWN_TIMEOUT="

@@ -195,7 +195,7 @@ def test_app_handle_force_flush_and_shutdown_are_bounded(state):
     assert "force_flush False after" in app.output
     assert len(dropped) == 1, app.output[-3000:]
     assert "15 spans" in dropped[0]  # 10 in flight, 5 queued: every one counted once
-    assert "1 log records" in dropped[0]
+    assert "1 log record " in dropped[0]
 
 
 def test_monitor_stops_within_budget_with_a_black_hole(redis_server):
