@@ -1,4 +1,4 @@
-"""A worker with its Collector live, refusing connections, or a black hole (accepts, never answers).
+"""A worker with its Collector live, slow (answers after 1 s), refusing connections, or a black hole.
 
 For each endpoint state, alternated round by round in one run:
   tasks/s     throughput of a no-op task under otel-agensium (traces, metrics, logs, 100% sampling),
@@ -23,15 +23,16 @@ import redis
 
 from bench.celery_throughput import one_run, publisher
 from bench.common import BIN, machine, median, otlp_sink, redis_server, spawn, variant_env
+from tests.otlp_receiver import Receiver
 from tests.procs import BlackHole, refusing_endpoint
 
-STATES = ("live", "refusing", "blackhole")
+STATES = ("live", "slow", "refusing", "blackhole")  # black hole: accepts connections, never answers
 
 
 @contextlib.contextmanager
 def endpoints() -> Iterator[dict[str, str]]:
-    with otlp_sink() as live, BlackHole() as hole:
-        yield {"live": live, "refusing": refusing_endpoint(), "blackhole": hole.endpoint}
+    with otlp_sink() as live, Receiver(delay=1.0) as slow, BlackHole() as hole:
+        yield {"live": live, "slow": slow.endpoint, "refusing": refusing_endpoint(), "blackhole": hole.endpoint}
 
 
 def warm_shutdown_seconds(broker: str, endpoint: str, env: dict[str, str], tasks: int = 50) -> float:
