@@ -272,7 +272,7 @@ SETTINGS: tuple[Setting, ...] = (
     _own(
         "shutdown_timeout", 5.0, _positive_seconds,
         "Seconds the final flush of spans, metrics and logs may take when a process stops (a worker's "
-        "processes share one deadline); what is not sent by then is dropped and counted in one line.",
+        "processes share it); what is not sent by then is dropped and counted in one line.",
     ),
     Setting(
         "broker_url", PREFIX + "BROKER_URL", None, _optional_url("redis", "rediss", "amqp", "amqps", "pyamqp"),
