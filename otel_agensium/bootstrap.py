@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec
 
 from opentelemetry import metrics, trace
 
-from . import errors, providers
+from . import errors, providers, shutdown
 from .integration import Integration
 from .settings import Settings, load
 
@@ -32,37 +34,60 @@ class Handle:
     logger_provider: Any = None
     integrations: list[Any] = field(default_factory=list)
     _shut: bool = False
+    _flushed: bool = False
 
     @property
     def enabled(self) -> bool:
         return not self.settings.sdk_disabled
 
+    def _providers(self) -> dict[str, Any]:
+        named = {"traces": self.tracer_provider, "metrics": self.meter_provider, "logs": self.logger_provider}
+        return {name: provider for name, provider in named.items() if provider is not None}
+
     def force_flush(self, timeout_millis: int = 10_000) -> bool:
-        ok = True
-        for provider in (self.tracer_provider, self.meter_provider, self.logger_provider):
-            if provider is not None:
-                try:
-                    ok = bool(provider.force_flush(timeout_millis)) and ok
-                except Exception:  # noqa: BLE001 - never raise into the app
-                    ok = False
-        return ok
+        """Send what is buffered; False when something was not sent within ``timeout_millis``.
+
+        The three signals flush in parallel and the caller waits no longer than the timeout
+        (the SDK's batch processors would wait for every export and retry in turn).
+        """
+        outcome: dict[str, bool] = {}
+
+        def flush(name: str, provider: Any) -> Callable[[], None]:
+            return lambda: outcome.__setitem__(name, bool(provider.force_flush(timeout_millis)))
+
+        jobs = {f"flush-{name}": flush(name, p) for name, p in self._providers().items()}
+        late = shutdown.run_until(time.monotonic() + timeout_millis / 1000, jobs)
+        return not late and len(outcome) == len(jobs) and all(outcome.values())  # a raise counts as False
+
+    def final_flush(self) -> None:
+        """Send what is buffered within ``AGENSIUM_SHUTDOWN_TIMEOUT`` and shut the providers down.
+
+        What cannot be sent by then is dropped and counted in one warning line. Called by
+        :meth:`shutdown`, at interpreter exit, and by a Celery worker's processes on their way
+        out (``worker_process_shutdown``, ``worker_shutdown``); safe to call twice.
+        """
+        if self._flushed:
+            return
+        self._flushed = True
+        jobs = {f"shutdown-{name}": p.shutdown for name, p in self._providers().items()}
+        if not jobs:
+            return
+        deadline = shutdown.BUDGET.begin(self.settings.shutdown_timeout)
+        late = shutdown.run_until(deadline + shutdown.GRACE_SECONDS, jobs)
+        shutdown.BUDGET.finish()
+        shutdown.report(self.settings.endpoint, late)
 
     def shutdown(self) -> None:
+        """The final flush (bounded by ``AGENSIUM_SHUTDOWN_TIMEOUT``), then the integrations uninstalled."""
         if self._shut:
             return
         self._shut = True
-        self.force_flush()
+        self.final_flush()
         for integration in reversed(self.integrations):
             try:
                 integration.uninstall()
             except Exception:  # noqa: BLE001
                 _log.debug("otel-agensium: uninstall of %r failed", integration, exc_info=True)
-        for provider in (self.tracer_provider, self.meter_provider, self.logger_provider):
-            if provider is not None:
-                try:
-                    provider.shutdown()
-                except Exception:  # noqa: BLE001
-                    _log.debug("otel-agensium: provider shutdown failed", exc_info=True)
 
 
 def current() -> Handle | None:
@@ -144,6 +169,14 @@ def _build_into(handle: Handle) -> None:
         _add(handle, logs)
         handle.logger_provider = logs.provider
     _install_integrations(handle)
+    _take_over_exit(handle)
+
+
+def _take_over_exit(handle: Handle) -> None:
+    """At interpreter exit, one bounded final flush instead of the SDK's three (30 s each, in turn)."""
+    for provider in handle._providers().values():  # noqa: SLF001
+        atexit.unregister(provider.shutdown)  # bound methods compare equal: removes the SDK's handler
+    atexit.register(handle.shutdown)
 
 
 def _add(handle: Handle, integration: Integration) -> None:
@@ -177,7 +210,7 @@ def _install_integrations(handle: Handle) -> None:
             meter_provider=handle.meter_provider,
             tracer_provider=handle.tracer_provider,
             max_task_names=settings.max_task_names,
-            flush=handle.force_flush,
+            flush=handle.final_flush,
             record_task_args=settings.record_task_args,
             process_metrics=settings.process_metrics,
         ))

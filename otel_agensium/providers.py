@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from . import errors
 from .settings import Settings
+from .shutdown import BUDGET, call_within_budget, count_items
 from .version import __version__
 
 _log = logging.getLogger("otel_agensium")
@@ -71,14 +72,18 @@ EXPORT_FAILURES = _ExportFailures()
 
 
 class _CountDrops(logging.Filter):
-    """Counts the batch processors' "Queue full, dropping ..." records instead of printing each."""
+    """Counts the batch processors' "Queue full, dropping ..." records instead of printing each.
+
+    So is "Shutdown called, ignoring ..." (a record or span emitted after the final flush).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if str(record.msg).startswith("Queue full"):
+        message = str(record.msg)
+        if message.startswith("Queue full"):
             with EXPORT_FAILURES._lock:
                 EXPORT_FAILURES.dropped += 1
             return False
-        return True
+        return not message.startswith("Shutdown called")
 
 
 _COUNT_DROPS = _CountDrops()
@@ -111,6 +116,7 @@ class _PerProcessExporter:
         self._endpoint = endpoint
         self._pid = -1
         self._inner: Any = None
+        self._closed = False
         self._lock = threading.Lock()
         _PerProcessExporter._instances.add(self)
 
@@ -121,23 +127,34 @@ class _PerProcessExporter:
                 if self._pid != pid:
                     self._inner = self._factory()
                     self._pid = pid
+                    self._closed = False
         return self._inner
 
     _SUCCESS: Any = None  # the export result enum members of the signal
     _FAILURE: Any = None
 
-    def export(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            result = self._get().export(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - telemetry never raises into the app
-            result = self._FAILURE
+    def export(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        """Export from a thread of its own, bounded by the final flush's deadline once it began.
+
+        What was not sent during the final flush is counted for its one report line.
+        """
+        outcome = call_within_budget(lambda: self._get().export(batch, *args, **kwargs),
+                                     f"otel-agensium-{self._signal}-export", give_up=self.shutdown)
+        result = outcome[0] if outcome else self._FAILURE
         if result is not self._SUCCESS:
-            EXPORT_FAILURES.record(self._signal, self._endpoint)
+            if BUDGET.deadline is None:
+                EXPORT_FAILURES.record(self._signal, self._endpoint)
+            else:
+                BUDGET.drop(self._signal, count_items(batch))
         return result
 
     def shutdown(self, *args: Any, **kwargs: Any) -> None:
-        if self._inner is not None and self._pid == os.getpid():
-            self._inner.shutdown()
+        if self._inner is not None and self._pid == os.getpid() and not self._closed:
+            self._closed = True
+            try:
+                self._inner.shutdown()
+            except Exception:  # noqa: BLE001
+                _log.debug("otel-agensium: exporter shutdown failed", exc_info=True)
 
     def force_flush(self, *args: Any, **kwargs: Any) -> bool:
         return True  # the batch processors and readers flush; the exporter holds nothing

@@ -130,6 +130,10 @@ class Settings:
                                    "Seconds a health check result is reused (0: never).")
     inspect_timeout: float = _row(None, 1.0, _positive_seconds,
                                   "Seconds workers get to answer an active_queues broadcast.")
+    shutdown_timeout: float = _row(
+        None, 5.0, _positive_seconds,
+        "Seconds the final flush of spans, metrics and logs may take when a process stops (a worker's "
+        "processes share one deadline); what is not sent by then is dropped and counted in one line.")
     broker_url: str | None = _row(
         None, None, _optional_url("redis", "rediss", "amqp", "amqps", "pyamqp"),
         "Broker `otel-agensium monitor` watches when no Celery app (-A) is given.", secret=True)

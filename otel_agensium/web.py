@@ -21,6 +21,7 @@ request yet; otherwise call ``otel_agensium.instrument_app(app)``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -52,6 +53,33 @@ class _HeaderGetter(Getter[list[tuple[bytes, bytes]]]):
 
 
 _GETTER = _HeaderGetter()
+
+
+async def _flush_at_shutdown(app: Any, scope: dict, receive: Any, send: Any) -> None:
+    """The lifespan scope, with the final flush before the app reports its shutdown complete.
+
+    uvicorn ends a SIGTERM'd server by raising the signal again once the app has shut down:
+    the process dies of it and no ``atexit`` handler (the SDK's or ours) ever runs. So the
+    flush happens here, in a thread (the event loop stays free), bounded by
+    ``AGENSIUM_SHUTDOWN_TIMEOUT``.
+    """
+    async def send_after_flush(message: dict) -> None:
+        if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            from .bootstrap import current
+
+            handle = current()
+            if handle is not None:
+                await asyncio.get_running_loop().run_in_executor(None, handle.final_flush)
+        await send(message)
+
+    await app(scope, receive, send_after_flush)
+
+
+def _call_with_flush_at_shutdown(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """``FastAPI.__call__`` (either instrumentation): lifespan scopes get the final flush."""
+    if args and isinstance(args[0], dict) and args[0].get("type") == "lifespan":
+        return _flush_at_shutdown(wrapped, *args, **kwargs)
+    return wrapped(*args, **kwargs)
 
 
 class LeanASGIMiddleware:
@@ -159,6 +187,9 @@ class FastAPIIntegration(Integration):
     def setup(self) -> None:
         import fastapi
 
+        # Both modes: the final flush runs at the lifespan's shutdown (uvicorn exits without atexit).
+        wrapt.wrap_function_wrapper("fastapi", "FastAPI.__call__", _call_with_flush_at_shutdown)
+        self.on_uninstall(lambda: unwrap(fastapi.FastAPI, "__call__"), "unwrap FastAPI.__call__")
         if self.mode == "contrib":
             from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 

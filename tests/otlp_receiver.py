@@ -24,7 +24,8 @@ def attrs(kvs: Any) -> dict[str, Any]:
 
 
 class Receiver:
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, delay: float = 0.0) -> None:
+        """``delay``: seconds to wait before answering each request (a slow Collector)."""
         self.traces: list[ExportTraceServiceRequest] = []
         self.metrics: list[ExportMetricsServiceRequest] = []
         self.logs: list[ExportLogsServiceRequest] = []
@@ -35,6 +36,8 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if delay:
+                    time.sleep(delay)
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 kinds = {

@@ -25,6 +25,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class BlackHole:
+    """A TCP endpoint that accepts connections and never reads or answers (a hung Collector, a partition)."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(128)
+        self.endpoint = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # closed
+                return
+            self.accepted.append(conn)  # held open, never read
+
+    def __enter__(self) -> BlackHole:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def refusing_endpoint() -> str:
+    """A free port nobody listens on: every connection is refused."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
 class Proc:
     """A subprocess in its own session whose output is collected by a thread."""
 

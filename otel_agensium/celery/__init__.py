@@ -41,6 +41,7 @@ from opentelemetry.trace import TracerProvider
 
 from ..errors import guarded
 from ..integration import Integration
+from ..shutdown import worker_stopping
 from .metrics import ProcessMetrics, TaskMetrics
 from .utils import SENT_AT_HEADER, BoundedLabels, queue_of
 
@@ -86,6 +87,7 @@ class CeleryIntegration(Integration):
         self._connect(signals.worker_init, self._on_worker_init)
         self._connect(signals.worker_process_shutdown, self._on_process_shutdown)
         self._connect(signals.worker_shutdown, self._on_process_shutdown)
+        self._connect(signals.worker_shutting_down, self._on_shutting_down)
         if self.tracer_provider is not None:
             instrumentor = CeleryInstrumentor()
             # Our own duration histogram replaces the instrumentor's flower.* metric.
@@ -194,6 +196,11 @@ class CeleryIntegration(Integration):
             self.metrics.meter, worker, memory_limit_kib=getattr(sender, "max_memory_per_child", None)
         )
         self.process_metrics.install()
+
+    @guarded
+    def _on_shutting_down(self, **_: Any) -> None:
+        """SIGTERM/SIGINT in the main process: its children's final flushes and its own share one budget."""
+        worker_stopping()
 
     @guarded
     def _on_process_shutdown(self, **_: Any) -> None:
