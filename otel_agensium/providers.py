@@ -133,12 +133,13 @@ class _PerProcessExporter:
     _SUCCESS: Any = None  # the export result enum members of the signal
     _FAILURE: Any = None
 
-    def export(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+    def export(self, *args: Any, **kwargs: Any) -> Any:
         """Export from a thread of its own, bounded by the final flush's deadline once it began.
 
         What was not sent during the final flush is counted for its one report line.
         """
-        outcome = call_within_budget(lambda: self._get().export(batch, *args, **kwargs),
+        batch = args[0] if args else next(iter(kwargs.values()), ())
+        outcome = call_within_budget(lambda: self._get().export(*args, **kwargs),
                                      f"otel-agensium-{self._signal}-export", give_up=self.shutdown)
         result = outcome[0] if outcome else self._FAILURE
         if result is not self._SUCCESS:
