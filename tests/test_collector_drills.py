@@ -197,7 +197,7 @@ def test_memory_limiter_refuses_a_burst_and_the_app_is_unaffected(tempo, sinks, 
     """A log burst over a low memory limit: the Collector refuses (503), every task succeeds, and the
     worker counts its failed exports (one warning line a minute says so)."""
     tempo_sink, loki = sinks
-    low = {"processors::memory_limiter::limit_mib": "40", "processors::memory_limiter::spike_limit_mib": "10",
+    low = {"processors::memory_limiter::limit_mib": "20", "processors::memory_limiter::spike_limit_mib": "8",
            "processors::memory_limiter::check_interval": "100ms"}
     with AgensiumCollector(tempo.endpoint, loki.endpoint, sets=low) as collector:
         worker = celery_worker("tests.apps.collector_app", apps.app.conf.broker_url, collector.otlp_endpoint,
@@ -213,7 +213,7 @@ def test_memory_limiter_refuses_a_burst_and_the_app_is_unaffected(tempo, sinks, 
             worker.stop()  # flushes what the child still holds
         refused = own_metric(collector, "otelcol_receiver_refused_log_records")
         delivered = sum(1 for r in loki.log_records() if str(r["body"]).startswith("burst"))
-    print(f"\n[drill memory-limiter] 8 tasks x 200 log lines of 50 kB against limit_mib 40: every task "
+    print(f"\n[drill memory-limiter] 8 tasks x 200 log lines of 50 kB against limit_mib 20: every task "
           f"succeeded; the Collector refused {refused:.0f} log records, {delivered} of 1600 reached Loki; "
           f"the worker child counted {counted['failed']} failed exports, {counted['dropped']} items dropped")
     assert counted["failed"] >= 1
