@@ -92,8 +92,13 @@ def stack(redis_server, tmp_path_factory):
                 log_sleep = tasks_app.log_sleep.apply_async((0.05,), queue="celery")
                 ids.setdefault("t.log_sleep", []).append(log_sleep.get(timeout=30))
                 prom.wait_for_result(server, f"sum(celery_tasks_failed_total) >= {round_no + 1}", timeout=30)
-            prom.wait_for_result(server, f'sum(celery_tasks_succeeded_total{{task_name="t.incr"}}) >= {ROUNDS}',
+            # Everything the tests read has arrived: 5 successes a round, every run span, every log line.
+            prom.wait_for_result(server, f'sum(celery_tasks_succeeded_total{{job="{WORKER}"}}) >= {5 * ROUNDS}',
                                  timeout=30)
+            wait_for(lambda: sum(1 for s in tempo_sink.spans() if s["name"].startswith("run/")) >= 6 * ROUNDS
+                     and len(tempo_sink.spans()) >= 9 * ROUNDS, timeout=30)
+            wait_for(lambda: sum(1 for r in loki.log_records()
+                                 if str(r["body"]).startswith("log_sleep before")) >= ROUNDS, timeout=30)
             yield live
         finally:
             if server is not None:
