@@ -141,6 +141,7 @@ def _install_integrations(handle: Handle) -> None:
             flush=handle.force_flush,
             record_task_args=settings.record_task_args,
             process_metrics=settings.process_metrics,
+            instrumentation=settings.celery_instrumentation,
         )
         integration.install()
         handle.integrations.append(integration)

@@ -259,6 +259,12 @@ SETTINGS: tuple[Setting, ...] = (
         "http_instrumentation", "lean", _choice("lean", "contrib"),
         "FastAPI server spans/metrics: lean (ours, ~4x cheaper) or contrib (opentelemetry-instrumentation-fastapi).",
     ),
+    _own(
+        "celery_instrumentation", "lean", _choice("lean", "contrib"),
+        "Celery publish/run spans: lean (ours, attributes set once) or contrib (opentelemetry-instrumentation-celery).",
+    ),
+    _own("fast_encoder", True, _bool,
+         "Encode OTLP spans with otel-agensium's exact protobuf writer (off: the exporter's own encoder)."),
     _own("max_task_names", 500, _int_range(1, 100_000), "Distinct task_name label values before 'other'."),
     _own("process_metrics", True, _bool, "Export resident memory and CPU time of each Celery worker process."),
     _own("queues", DEFAULT_QUEUES, _names, "Queues whose depth is measured, besides those workers consume."),

@@ -92,6 +92,8 @@ class Receiver:
                             "attributes": attrs(span.attributes),
                             "resource": resource,
                             "scope": ss.scope.name,
+                            "status": (span.status.code, span.status.message),
+                            "events": [(e.name, attrs(e.attributes)) for e in span.events],
                         })
         return out
 

@@ -20,32 +20,33 @@ Where each metric moves:
   ``worker_init`` (worker processes only, ``AGENSIUM_PROCESS_METRICS``), read by each
   process at collection time (:class:`~otel_agensium.celery.metrics.ProcessMetrics`).
 
-Spans come from the contrib ``CeleryInstrumentor``. Our ``task_postrun`` handler is
-connected before the instrumentor's so the run span is still current when the
-duration is recorded (the histogram's exemplar then points at the task's trace), and
-our ``task_prerun`` handler after it, so the span it annotates already exists.
+Spans come from :mod:`otel_agensium.celery.tracing` (``AGENSIUM_CELERY_INSTRUMENTATION=lean``,
+the default: one publish and one run span, attributes set at start) or from the contrib
+``CeleryInstrumentor`` (``contrib``). Either way our ``task_postrun`` handler is connected
+before the tracer's so the run span is still current when the duration is recorded (the
+histogram's exemplar then points at the task's trace), and our ``task_prerun`` handler
+after it, so the span exists (with contrib, it adds ``celery.task_id``/``celery.task_name``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from celery import signals
 from opentelemetry import trace
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.trace import TracerProvider
 
 from ..errors import guarded
 from .metrics import ProcessMetrics, TaskMetrics
+from .tracing import MAX_ARGS_REPR, TASK_ID_ATTRIBUTE, TASK_NAME_ATTRIBUTE, LeanCeleryTracing
 from .utils import SENT_AT_HEADER, BoundedLabels, queue_of
 
-TASK_ID_ATTRIBUTE = "celery.task_id"
-TASK_NAME_ATTRIBUTE = "celery.task_name"
-MAX_ARGS_REPR = 1024
+if TYPE_CHECKING:
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 
 class CeleryIntegration:
@@ -59,6 +60,7 @@ class CeleryIntegration:
         flush: Callable[[], Any],
         record_task_args: bool = False,
         process_metrics: bool = True,
+        instrumentation: str = "lean",
     ) -> None:
         self.metrics = TaskMetrics.create(meter_provider) if meter_provider is not None else None
         self.tracer_provider = tracer_provider
@@ -66,7 +68,10 @@ class CeleryIntegration:
         self.record_task_args = record_task_args
         self._flush = flush
         self._started: dict[str, float] = {}
+        self.instrumentation = instrumentation
         self._instrumentor: CeleryInstrumentor | None = None
+        self._tracing: LeanCeleryTracing | None = None
+        self._annotate = False  # contrib's run span gets the task id/name from our prerun
         self._connected: list[tuple[Any, Callable[..., Any]]] = []
         self.want_process_metrics = process_metrics
         self.process_metrics: ProcessMetrics | None = None
@@ -83,11 +88,17 @@ class CeleryIntegration:
         self._connect(signals.worker_init, self._on_worker_init)
         self._connect(signals.worker_process_shutdown, self._on_process_shutdown)
         self._connect(signals.worker_shutdown, self._on_process_shutdown)
-        if self.tracer_provider is not None:
+        if self.tracer_provider is not None and self.instrumentation == "contrib":
+            from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
             self._instrumentor = CeleryInstrumentor()
             # Our own duration histogram replaces the instrumentor's flower.* metric.
             self._instrumentor.instrument(tracer_provider=self.tracer_provider, meter_provider=NoOpMeterProvider())
-        self._connect(signals.task_prerun, self._on_prerun)  # after the instrumentor's
+            self._annotate = True
+        elif self.tracer_provider is not None:
+            self._tracing = LeanCeleryTracing(self.tracer_provider, record_task_args=self.record_task_args)
+            self._tracing.install()
+        self._connect(signals.task_prerun, self._on_prerun)  # after the tracer's
 
     def uninstall(self) -> None:
         if self.process_metrics is not None:
@@ -98,6 +109,9 @@ class CeleryIntegration:
         if self._instrumentor is not None:
             self._instrumentor.uninstrument()
             self._instrumentor = None
+        if self._tracing is not None:
+            self._tracing.uninstall()
+            self._tracing = None
 
     def _connect(self, signal: Any, handler: Callable[..., Any]) -> None:
         signal.connect(handler, weak=False)
@@ -120,8 +134,8 @@ class CeleryIntegration:
         if task_id is None or task is None:
             return
         self._started[task_id] = time.perf_counter()
-        span = trace.get_current_span()
-        if span.is_recording():
+        span = trace.get_current_span() if self._annotate else None
+        if span is not None and span.is_recording():
             span.set_attribute(TASK_ID_ATTRIBUTE, task_id)
             span.set_attribute(TASK_NAME_ATTRIBUTE, task.name)
             if self.record_task_args:
