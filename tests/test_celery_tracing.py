@@ -131,3 +131,14 @@ def test_lean_retry_is_a_second_run_under_the_first(runs):
     republish = _one(spans, "apply_async/t.retry", **{"celery.task_id": ids["retry"]})
     assert republish["scope"] == LEAN_SCOPE and republish["parent_span_id"] == first["span_id"]
     assert second["parent_span_id"] == republish["span_id"]
+
+
+def test_the_tasks_redis_call_is_a_lean_client_span(runs, redis_server):
+    _, spans = runs["lean"]
+    redis_call = _one(spans, "INCRBY")
+    assert redis_call["scope"] == "otel_agensium.redis"
+    assert redis_call["kind"] == 3  # CLIENT
+    assert redis_call["attributes"] == {
+        "db.system.name": "redis", "db.operation.name": "INCRBY", "db.namespace": "0",
+        "server.address": "127.0.0.1", "server.port": redis_server.port,
+    }
