@@ -138,6 +138,15 @@ def _execute_command(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs:
 
 def _execute_pipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     try:
+        outside = not trace.get_current_span().get_span_context().is_valid
+    except Exception:  # noqa: BLE001 - decide the long way below
+        outside = False
+    original = getattr(wrapped, "__wrapped__", None)
+    if outside and original is not None:
+        # Outside any trace (kombu's acks, every task): nothing in it would be traced either,
+        # so no suppression is needed and the instrumentor's wrapper is skipped.
+        return original(*args, **kwargs)
+    try:
         stack = getattr(instance, "command_stack", None) or ()
         first: Any = ()
         if stack:  # entries are (args, options) tuples in redis-py, objects with .args in some forks
@@ -146,8 +155,11 @@ def _execute_pipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs
     except Exception:  # noqa: BLE001 - as above: the pipeline runs, untraced
         report("redis_traffic.should_trace")
         trace_it = False
-    # Suppressed, not skipped: a pipeline with scripts sends SCRIPT EXISTS / SCRIPT LOAD itself.
-    return _call(wrapped, args, kwargs, trace_it)
+    if trace_it:
+        return wrapped(*args, **kwargs)
+    # Suppressed, not only skipped: a pipeline with scripts sends SCRIPT EXISTS / SCRIPT LOAD
+    # itself. The instrumentor's own wrapper would only check the suppression: skipped.
+    return _call(getattr(wrapped, "__wrapped__", None) or wrapped, args, kwargs, False)
 
 
 class RedisIntegration:

@@ -57,7 +57,9 @@ class _RequestGetter:
 
     @staticmethod
     def get(carrier: Any, key: str) -> list[str] | None:
-        value = getattr(carrier, key, None)
+        # Celery's Context keeps the headers in its __dict__: a dict look-up, not a failing getattr.
+        fields = getattr(carrier, "__dict__", None)
+        value = fields.get(key) if fields is not None else getattr(carrier, key, None)
         if value is None:
             return None
         if isinstance(value, str):
