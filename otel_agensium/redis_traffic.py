@@ -143,9 +143,10 @@ def _execute_pipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs
         outside = False
     original = getattr(wrapped, "__wrapped__", None)
     if outside and original is not None:
-        # Outside any trace (kombu's acks, every task): nothing in it would be traced either,
-        # so no suppression is needed and the instrumentor's wrapper is skipped.
-        return original(*args, **kwargs)
+        # Outside any trace (kombu's acks, every task): untraced, without the instrumentor's
+        # wrapper. Still suppressed: a pipeline with scripts sends SCRIPT EXISTS through
+        # Pipeline.immediate_execute_command, which the instrumentor would trace as a root span.
+        return _call(original, args, kwargs, False)
     try:
         stack = getattr(instance, "command_stack", None) or ()
         first: Any = ()
@@ -157,9 +158,7 @@ def _execute_pipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs
         trace_it = False
     if trace_it:
         return wrapped(*args, **kwargs)
-    # Suppressed, not only skipped: a pipeline with scripts sends SCRIPT EXISTS / SCRIPT LOAD
-    # itself. The instrumentor's own wrapper would only check the suppression: skipped.
-    return _call(getattr(wrapped, "__wrapped__", None) or wrapped, args, kwargs, False)
+    return _call(original or wrapped, args, kwargs, False)  # suppressed, as above
 
 
 class RedisIntegration:
