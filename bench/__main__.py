@@ -14,7 +14,10 @@ Variants alternate round by round (A B C, then C B A, ...) so that drift in the 
 load hits every variant alike; each figure is the median of the rounds. The targets:
 Celery >= 0.90 with full telemetry, >= 0.97 metrics only, FastAPI >= 0.80.
 
-    python -m bench [--rounds 3] [--tasks 2000] [--seconds 4] [--output bench/results.md]
+* With ``--instructions``: instructions per task (Celery solo) and per request (FastAPI),
+  counted by valgrind's callgrind (bench/instructions.py), which the machine's load does not move.
+
+    python -m bench [--rounds 3] [--tasks 2000] [--seconds 4] [--instructions] [--output bench/results.md]
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import celery_throughput, fastapi_rps
+from bench import celery_throughput, fastapi_rps, instructions
 from bench.common import ROOT, load_average, machine, median, otlp_sink, redis_server
 
 CELERY_VARIANTS = ["none", "plain-otel", "agensium-full", "agensium-metrics"]
@@ -50,6 +53,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.md"))
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions per task / request under callgrind (about 3 more minutes)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed for the FastAPI figures: apt-get install wrk")
@@ -73,13 +78,24 @@ def main() -> None:
                               endpoint, "--rounds", str(max(10, 4 * args.rounds))], cwd=ROOT, check=True,
                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
         part_us = json.loads(out.strip().splitlines()[-1])
-    text = report(args, celery, web, part_us, load_before, load_average(), time.monotonic() - started)
+        counts: dict[tuple[str, str], float] = {}
+        if args.instructions:
+            for variant in ("none", "agensium-metrics", "agensium-full"):
+                counts[("celery", variant)] = instructions.instructions_per_task(variant, broker, endpoint, 512, 50)
+                print(f"  instructions celery {variant:17} {counts[('celery', variant)] / 1e3:6.0f} k/task", flush=True)
+            for path in ("/hello", "/enqueue"):
+                for variant in ("none", "agensium-full"):
+                    count = instructions.instructions_per_request(variant, broker, endpoint, path, 256)
+                    counts[(path, variant)] = count
+                    print(f"  instructions {path:9} {variant:17} {counts[(path, variant)] / 1e3:6.0f} k/request",
+                          flush=True)
+    text = report(args, celery, web, part_us, counts, load_before, load_average(), time.monotonic() - started)
     print("\n" + text)
     Path(args.output).write_text(text)
     print(f"written to {args.output}")
 
 
-def report(args, celery, web, part_us, load_before: str, load_after: str, seconds: float) -> str:
+def report(args, celery, web, part_us, counts, load_before: str, load_after: str, seconds: float) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Benchmark results (`python -m bench`)",
@@ -127,6 +143,17 @@ def report(args, celery, web, part_us, load_before: str, load_after: str, second
         "| --- | ---: |",
     ]
     lines += [f"| {name} | {us:.1f} |" for name, us in part_us.items()]
+    if counts:
+        lines += [
+            "",
+            "## Instructions (callgrind; steady whatever the machine's load; waiting not included)",
+            "",
+            "| what | variant | k instructions | ratio to none |",
+            "| --- | --- | ---: | ---: |",
+        ]
+        for (what, variant), count in counts.items():
+            label = "Celery solo, per task" if what == "celery" else f"FastAPI {what}, per request"
+            lines.append(f"| {label} | {variant} | {count / 1e3:.0f} | {counts[(what, 'none')] / count:.2f} |")
     return "\n".join(lines) + "\n"
 
 

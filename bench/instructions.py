@@ -84,13 +84,68 @@ def instructions_per_task(variant: str, broker: str, endpoint: str, tasks: int, 
     return total / tasks
 
 
+DEFAULT_VARIANTS = "none,agensium-metrics,agensium-full,plain-otel"
+
+
+def _dump_total(pid: int, tmp: str) -> int:
+    subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True)
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    total = 0
+    for dump in Path(tmp).glob("callgrind.out*"):
+        match = re.search(r"^totals:\s+(\d+)", dump.read_text(errors="replace"), re.M)
+        if match:
+            total = max(total, int(match.group(1)))
+    return total
+
+
+def instructions_per_request(variant: str, broker: str, endpoint: str, path: str, requests: int,
+                             warmup: int = 100) -> float:
+    """Instructions per request of the FastAPI bench app under uvicorn (one process)."""
+    import http.client
+
+    from bench.common import free_port
+    from bench.fastapi_rps import WEB_VARIANTS, _wait_port
+
+    bench_variant, extra = WEB_VARIANTS[variant]
+    port = free_port()
+    env = {"BENCH_VARIANT": bench_variant, "BENCH_BROKER_URL": broker, **extra,
+           "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "600000",
+           "OTEL_METRIC_EXPORT_INTERVAL": "600000"}
+    method = "POST" if path == "/enqueue" else "GET"
+    with tempfile.TemporaryDirectory() as tmp:
+        web = spawn(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/callgrind.out",
+                     str(BIN / "python"), "-m", "uvicorn", "bench.web_app:app", "--port", str(port),
+                     "--no-access-log", "--log-level", "warning"], env=env)
+        try:
+            _wait_port(port, timeout=300)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+            def hit(n: int) -> None:
+                for _ in range(n):
+                    conn.request(method, path)
+                    conn.getresponse().read()
+
+            hit(warmup)
+            subprocess.run(["callgrind_control", "-z", str(web.pid)], check=True, capture_output=True)
+            subprocess.run(["callgrind_control", "-i", "on", str(web.pid)], check=True, capture_output=True)
+            hit(requests)
+            total = _dump_total(web.pid, tmp)
+        finally:
+            stop(web)
+    return total / requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=512, help="a multiple of 256: whole span batches")
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--variants", default="none,agensium-metrics,agensium-full,plain-otel")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--keep", help="copy the callgrind dumps to this directory")
+    parser.add_argument("--web", action="store_true",
+                        help="FastAPI instead: instructions per GET /hello and POST /enqueue (512 each)")
     args = parser.parse_args()
+    if args.web:
+        return main_web(args)
     variants = args.variants.split(",")
     results = {}
     with redis_server() as broker, otlp_sink() as endpoint:
@@ -102,6 +157,25 @@ def main() -> None:
     for variant in variants:
         ratio = f"{base / results[variant]:.2f}" if base else "-"
         print(f"{variant:18} {results[variant] / 1e3:8.0f} k  ratio {ratio}")
+
+
+
+
+def main_web(args: argparse.Namespace) -> None:
+    variants = ["none", "agensium-full"] if args.variants == DEFAULT_VARIANTS else args.variants.split(",")
+    results = {}
+    with redis_server() as broker, otlp_sink() as endpoint:
+        for path in ("/hello", "/enqueue"):
+            for variant in variants:
+                results[(variant, path)] = instructions_per_request(variant, broker, endpoint, path, args.tasks)
+                print(f"  {variant:18} {path:9} {results[(variant, path)] / 1e3:8.0f} k instructions/request",
+                      flush=True)
+    print(f"\nInstructions per request, FastAPI under uvicorn, {args.tasks} requests (callgrind); {machine()}")
+    for path in ("/hello", "/enqueue"):
+        base = results.get(("none", path))
+        for variant in variants:
+            ratio = f"{base / results[(variant, path)]:.2f}" if base else "-"
+            print(f"{path:9} {variant:18} {results[(variant, path)] / 1e3:8.0f} k  ratio {ratio}")
 
 
 if __name__ == "__main__":
