@@ -99,7 +99,7 @@ def _dump_total(pid: int, tmp: str) -> int:
 
 
 def instructions_per_request(variant: str, broker: str, endpoint: str, path: str, requests: int,
-                             warmup: int = 100) -> float:
+                             warmup: int = 300) -> float:
     """Instructions per request of the FastAPI bench app under uvicorn (one process)."""
     import http.client
 
@@ -138,7 +138,7 @@ def instructions_per_request(variant: str, broker: str, endpoint: str, path: str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=512, help="a multiple of 256: whole span batches")
-    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=300, help="past the first span export (checked twice)")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--keep", help="copy the callgrind dumps to this directory")
     parser.add_argument("--web", action="store_true",

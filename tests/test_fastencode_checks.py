@@ -75,8 +75,9 @@ def test_first_batch_is_checked_then_the_fast_encoder_alone_runs(receiver, monke
     batches = [_celery_like_spans(3) for _ in range(4)]
     assert _export(receiver, batches) == [SpanExportResult.SUCCESS] * 4
     assert FastOTLPSpanExporter.fast is True
-    # first batch: both encoders, on it and on the probe batch; then the fast one only
-    assert (fast.calls, official.calls) == (2 + 3, 2)
+    # first batch: both encoders on its first spans and on the probe batch, then the fast one
+    # on the whole batch; later batches: the fast one only
+    assert (fast.calls, official.calls) == (3 + 3, 2)
     assert receiver.raw == [official_encode(b) for b in batches]
     assert not _warnings(caplog)
 
@@ -96,14 +97,14 @@ def test_bytes_that_differ_fall_back_to_the_official_encoder_logged_once(receive
 
 def test_an_encoding_error_resends_that_batch_officially_and_turns_the_fast_path_off(receiver, monkeypatch,
                                                                                      caplog):
-    fast = Counting(fastencode.encode_spans, fail_after=3)  # proves itself (2 calls), one batch, then raises
+    fast = Counting(fastencode.encode_spans, fail_after=4)  # proves itself (2 calls), two batches, then raises
     monkeypatch.setattr(fastencode, "encode_spans", fast)
     batches = [_celery_like_spans(2) for _ in range(4)]
     with caplog.at_level(logging.WARNING, logger="otel_agensium"):
         assert _export(receiver, batches) == [SpanExportResult.SUCCESS] * 4
     assert FastOTLPSpanExporter.fast is False
     assert receiver.raw == [official_encode(b) for b in batches]  # the failed batch was not lost
-    assert fast.calls == 4
+    assert fast.calls == 5
     assert _warnings(caplog) == ["otel-agensium: fast OTLP span encoder failed (ValueError: encoder bug); "
                                  "using the official encoder from now on"]
 
@@ -145,3 +146,18 @@ def test_exporter_packages_pinned_to_the_minor_versions_proven_here():
         assert high == (low[0], low[1] + 1), package
         installed = tuple(int(x) for x in version(package).split(".")[:2])
         assert installed == low, (package, installed)
+
+
+def test_only_the_first_spans_of_a_large_first_batch_are_encoded_twice(receiver, monkeypatch):
+    sizes = []
+
+    def official(spans):
+        sizes.append(len(spans))
+        return official_encode(spans)
+
+    monkeypatch.setattr(fastencode, "official_encode", official)
+    batch = _celery_like_spans(fastencode.CHECK_SPANS)  # two spans a task: twice CHECK_SPANS spans
+    assert _export(receiver, [batch]) == [SpanExportResult.SUCCESS]
+    assert sizes == [fastencode.CHECK_SPANS, len(probe_spans())]
+    assert receiver.raw == [official_encode(batch)]
+    assert FastOTLPSpanExporter.fast is True
