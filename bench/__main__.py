@@ -85,7 +85,7 @@ def main() -> None:
                 print(f"  instructions celery {variant:17} {counts[('celery', variant)] / 1e3:6.0f} k/task", flush=True)
             for path in ("/hello", "/enqueue"):
                 for variant in ("none", "agensium-full"):
-                    count = instructions.instructions_per_request(variant, broker, endpoint, path, 256)
+                    count = instructions.instructions_per_request(variant, broker, endpoint, path, 512)
                     counts[(path, variant)] = count
                     print(f"  instructions {path:9} {variant:17} {counts[(path, variant)] / 1e3:6.0f} k/request",
                           flush=True)

@@ -99,8 +99,12 @@ def _dump_total(pid: int, tmp: str) -> int:
 
 
 def instructions_per_request(variant: str, broker: str, endpoint: str, path: str, requests: int,
-                             warmup: int = 300) -> float:
-    """Instructions per request of the FastAPI bench app under uvicorn (one process)."""
+                             warmup: int = 600) -> float:
+    """Instructions per request of the FastAPI bench app under uvicorn (one process).
+
+    The warm-up goes past the process's first span export (lazy imports, the first connection,
+    fastencode's check: one-time costs); ``requests`` should be a multiple of 512 spans' worth.
+    """
     import http.client
 
     from bench.common import free_port
@@ -142,7 +146,7 @@ def main() -> None:
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--keep", help="copy the callgrind dumps to this directory")
     parser.add_argument("--web", action="store_true",
-                        help="FastAPI instead: instructions per GET /hello and POST /enqueue (512 each)")
+                        help="FastAPI instead: instructions per GET /hello and POST /enqueue (--tasks each)")
     args = parser.parse_args()
     if args.web:
         return main_web(args)
