@@ -27,6 +27,11 @@ import redis
 from bench.celery_throughput import publisher
 from bench.common import BIN, machine, otlp_sink, redis_server, spawn, stop, variant_env
 
+# Besides bench.common's variants: full telemetry with no span recorded, to split the tracing cost
+# into the path every call takes and the recording of spans.
+# name -> (the bench.common variant it changes, the extra environment)
+EXTRA_VARIANTS = {"agensium-unsampled": ("agensium-full", {"OTEL_TRACES_SAMPLER": "always_off"})}
+
 
 def _wait_done(client: redis.Redis, count: int, worker: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
@@ -50,7 +55,9 @@ def instructions_per_task(variant: str, broker: str, endpoint: str, tasks: int, 
     client = redis.Redis.from_url(broker)
     client.flushdb()
     app = publisher(broker)
-    prefix, env = variant_env(variant, endpoint)
+    base, extra = EXTRA_VARIANTS.get(variant, (variant, {}))
+    prefix, env = variant_env(base, endpoint)
+    env.update(extra)
     # Under valgrind the worker runs ~40x slower: the 5 s span export timer would cut the
     # batches small and count each request's fixed cost many times over. Spans go out in
     # full batches of 512 instead, as at full speed; metric exports (once a minute at full

@@ -15,7 +15,7 @@ CLIENT span made here (:func:`_traced_command`): named after the command as the 
 instrumentor names it (``INCRBY``), with the current database semantic conventions set
 once at start (``db.system.name``, ``db.operation.name``, ``db.namespace``,
 ``server.address``, ``server.port``; the connection's part cached per connection pool),
-and no statement text. That costs about a third of the contrib span, which formats and
+and no statement text: about two thirds of the contrib span's cost, which formats and
 sanitizes the statement and sets seven attributes one by one. Pipelines, and
 ``redis.asyncio`` clients, are traced by the contrib instrumentor. A failure inside the
 decision is counted and logged once (:func:`~otel_agensium.errors.report`) and the command
