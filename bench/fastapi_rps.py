@@ -55,6 +55,33 @@ def wrk(url: str, seconds: int, connections: int, script: str | None) -> tuple[f
     return rps, p50, p99
 
 
+def post_script() -> str:
+    script = "/tmp/agensium-bench-post.lua"
+    with open(script, "w") as fh:
+        fh.write(POST_LUA + "\n")
+    return script
+
+
+def one_run(variant: str, broker: str, endpoint: str, seconds: int, connections: int
+            ) -> dict[str, tuple[float, float, float]]:
+    """Start the app in ``variant``, load /hello then /enqueue; (req/s, p50 ms, p99 ms) per path."""
+    port = free_port()
+    bench_variant, extra = WEB_VARIANTS[variant]
+    env = {"BENCH_VARIANT": bench_variant, "BENCH_BROKER_URL": broker, **extra,
+           "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": f"bench-web-{variant}"}
+    web = spawn([sys.executable, "-m", "uvicorn", "bench.web_app:app", "--port", str(port),
+                 "--no-access-log", "--log-level", "warning"], env=env)
+    out = {}
+    try:
+        _wait_port(port)
+        for path, lua in (("/hello", None), ("/enqueue", post_script())):
+            wrk(f"http://127.0.0.1:{port}{path}", 1, connections, lua)  # warm-up
+            out[path] = wrk(f"http://127.0.0.1:{port}{path}", seconds, connections, lua)
+    finally:
+        stop(web)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=5)
@@ -63,29 +90,14 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk")
-    script = "/tmp/agensium-bench-post.lua"
-    with open(script, "w") as fh:
-        fh.write(POST_LUA + "\n")
     results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     with redis_server() as broker, otlp_sink() as endpoint:
         for round_no in range(args.rounds):
             order = list(WEB_VARIANTS) if round_no % 2 == 0 else list(reversed(WEB_VARIANTS))
             for variant in order:
-                port = free_port()
-                bench_variant, extra = WEB_VARIANTS[variant]
-                env = {"BENCH_VARIANT": bench_variant, "BENCH_BROKER_URL": broker, **extra,
-                       "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": f"bench-web-{variant}"}
-                web = spawn([sys.executable, "-m", "uvicorn", "bench.web_app:app", "--port", str(port),
-                             "--no-access-log", "--log-level", "warning"], env=env)
-                try:
-                    _wait_port(port)
-                    for path, lua in (("/hello", None), ("/enqueue", script)):
-                        wrk(f"http://127.0.0.1:{port}{path}", 1, args.connections, lua)  # warm-up
-                        res = wrk(f"http://127.0.0.1:{port}{path}", args.seconds, args.connections, lua)
-                        results.setdefault((variant, path), []).append(res)
-                        print(f"  round {round_no + 1} {variant:16} {path:9} {res[0]:8.0f} req/s", flush=True)
-                finally:
-                    stop(web)
+                for path, res in one_run(variant, broker, endpoint, args.seconds, args.connections).items():
+                    results.setdefault((variant, path), []).append(res)
+                    print(f"  round {round_no + 1} {variant:16} {path:9} {res[0]:8.0f} req/s", flush=True)
     print(f"\nFastAPI under uvicorn (1 process), wrk -t1 -c{args.connections} -d{args.seconds}s, "
           f"{args.rounds} rounds; {machine()}")
     print(f"{'variant':16} {'endpoint':9} {'req/s':>8} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7}")

@@ -213,6 +213,7 @@ def _install_integrations(handle: Handle) -> None:
             flush=handle.final_flush,
             record_task_args=settings.record_task_args,
             process_metrics=settings.process_metrics,
+            instrumentation=settings.celery_instrumentation,
         ))
         _install_celery_extras(handle)
     if handle.tracer_provider is not None:

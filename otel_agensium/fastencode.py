@@ -664,8 +664,50 @@ _CONTEXT_TUPLE = _probe_span_context()
 # -- the exporter ---------------------------------------------------------------------------
 
 
+_log = logging.getLogger("otel_agensium")
+# Spans of the first batch encoded both ways (with the probe batch): the official encoder costs
+# ~50 us a span, so a whole first batch of 512 would cost a worker ~25 ms once.
+CHECK_SPANS = 32
+
+
+def official_encode(spans: Sequence[ReadableSpan]) -> bytes:
+    """What ``OTLPSpanExporter.export`` sends: the official encoder's message, serialized."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as _official
+
+    return _official(spans).SerializePartialToString()
+
+
+def probe_spans() -> list[ReadableSpan]:
+    """A small batch that uses every part of the format: all value types, events, links,
+    status with a description, remote and local parents, trace state, two scopes."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import NonRecordingSpan, TraceFlags, set_span_in_context
+    from opentelemetry.trace.span import TraceState
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "otel-agensium-probe", "n": 3}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    remote = SpanContext(0x5B8EFFF798038103D269B633813FC60C, 0xEEE19B7EC3C1B174, is_remote=True,
+                         trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "v1")]))
+    values = {"s": "text \u00e9", "long": "x" * 300, "i": -7, "big": 1 << 40, "f": 2.5, "b": True,
+              "ss": ["a", "b"], "ii": [1, 2], "ff": [0.5], "bb": [False]}
+    tracer = provider.get_tracer("otel_agensium.probe", "1", schema_url="https://opentelemetry.io/schemas/1.26.0")
+    with tracer.start_as_current_span("probe/run", context=set_span_in_context(NonRecordingSpan(remote)),
+                                      kind=SpanKind.CONSUMER, attributes=values,
+                                      links=[Link(remote, {"l": 1})]) as run:
+        run.add_event("exception", {"exception.type": "ValueError", "exception.message": "boom"})
+        run.set_status(Status(StatusCode.ERROR, "boom"))
+        with provider.get_tracer("otel_agensium.probe.other").start_as_current_span("INCRBY", kind=SpanKind.CLIENT):
+            pass
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
 class FastOTLPSpanExporter(OTLPSpanExporter):
-    """``OTLPSpanExporter`` (HTTP/protobuf) that serializes with :func:`encode_spans`.
+    """``OTLPSpanExporter`` (HTTP/protobuf) that serializes with :func:`encode_spans`, and checks itself.
 
     Everything else is the parent's: endpoint, headers, compression, session and TLS,
     timeout, retries with backoff, the request-size limit and the exporter's own metrics.
@@ -673,7 +715,47 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
     (opentelemetry-exporter-otlp-proto-http 1.45) with the serialization call replaced;
     if the parent's internals it relies on are missing (another version), it defers to
     the parent's ``export``, official encoder included.
+
+    The fast encoder is trusted only once it has proven itself in this process: the first
+    spans of the first batch (``CHECK_SPANS``) and :func:`probe_spans` are encoded with both
+    encoders and the bytes compared. If they differ, or if the fast encoder ever raises, the batch is sent as the
+    official encoder makes it and the fast path stays off in this process; one warning
+    says so. ``AGENSIUM_FAST_ENCODER=false`` uses the plain ``OTLPSpanExporter`` instead.
     """
+
+    # None: not checked yet; True: proven; False: off (differed or failed)
+    fast: bool | None = None
+
+    def _fall_back(self, reason: str) -> None:
+        type(self).fast = False
+        _log.warning("otel-agensium: fast OTLP span encoder %s; using the official encoder from now on", reason)
+
+    def _check(self, spans: Sequence[ReadableSpan]) -> bytes:
+        sample = list(spans[:CHECK_SPANS])
+        try:
+            probe = probe_spans()
+            same = (encode_spans(sample) == official_encode(sample)
+                    and encode_spans(probe) == official_encode(probe))
+        except Exception as error:  # noqa: BLE001 - a bug of ours: the official bytes go out
+            self._fall_back(f"failed on its first batch ({type(error).__name__}: {error})")
+            return official_encode(spans)
+        if not same:
+            self._fall_back("wrote bytes that differ from the official encoder's")
+            return official_encode(spans)
+        type(self).fast = True
+        return self.serialize(spans)
+
+    def serialize(self, spans: Sequence[ReadableSpan]) -> bytes:
+        """The request body for ``spans``; raises only what the official encoder raises."""
+        fast = type(self).fast
+        if fast is None:
+            return self._check(spans)
+        if fast:
+            try:
+                return encode_spans(spans)
+            except Exception as error:  # noqa: BLE001 - retry the batch with the official encoder
+                self._fall_back(f"failed ({type(error).__name__}: {error})")
+        return official_encode(spans)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         client = getattr(self, "_client", None)
@@ -688,7 +770,7 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
 
         with metrics.export_operation(len(spans)) as result:
             try:
-                serialized_data = encode_spans(spans)
+                serialized_data = self.serialize(spans)
             except Exception as error:  # noqa: BLE001 - as the parent: a bad batch fails, nothing raises
                 _exporter_logger.error("Failed to encode span batch: %s", error)
                 result.error = error

@@ -249,6 +249,10 @@ def _exporter(settings: Settings, wrapper: type[_PerProcessExporter], signal: st
 
 def span_exporter(settings: Settings) -> SpanExporter:
     def http() -> type:
+        if not settings.fast_encoder:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            return OTLPSpanExporter
         # The official exporter with a direct protobuf writer: same request bytes, far less CPU.
         from .fastencode import FastOTLPSpanExporter
 

@@ -116,6 +116,12 @@ class Settings:
     http_instrumentation: str = _row(
         None, "lean", _choice("lean", "contrib"),
         "FastAPI server spans/metrics: lean (ours, ~4x cheaper) or contrib (opentelemetry-instrumentation-fastapi).")
+    celery_instrumentation: str = _row(
+        None, "lean", _choice("lean", "contrib"),
+        "Celery publish/run spans: lean (ours, attributes set once) or contrib (opentelemetry-instrumentation-celery).")
+    fast_encoder: bool = _row(
+        None, True, _bool,
+        "Encode OTLP spans with otel-agensium's exact protobuf writer (off: the exporter's own encoder).")
     max_task_names: int = _row(None, 500, _int_range(1, 100_000), "Distinct task_name label values before 'other'.")
     process_metrics: bool = _row(None, True, _bool,
                                  "Export resident memory and CPU time of each Celery worker process.")

@@ -53,6 +53,29 @@ class _HeaderGetter(Getter[list[tuple[bytes, bytes]]]):
 
 
 _GETTER = _HeaderGetter()
+_fields: tuple[Any, frozenset[bytes]] | None = None
+
+
+def _propagation_fields() -> frozenset[bytes]:
+    """The header names the global propagator reads (``traceparent``, ``tracestate``, ``baggage``
+    by default), as ASGI header names; recomputed when the global propagator changes."""
+    global _fields
+    propagator = propagate.get_global_textmap()
+    if _fields is None or _fields[0] is not propagator:
+        try:
+            names = frozenset(name.lower().encode("latin-1") for name in propagator.fields)
+        except Exception:  # noqa: BLE001 - a propagator that cannot say: extract from every request
+            names = _ANY_HEADER
+        _fields = (propagator, names)
+    return _fields[1]
+
+
+class _AnyHeader(frozenset):
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_ANY_HEADER = _AnyHeader()
 
 
 async def _flush_at_shutdown(app: Any, scope: dict, receive: Any, send: Any) -> None:
@@ -98,7 +121,10 @@ class LeanASGIMiddleware:
         span = token = None
         if self.tracer is not None:
             headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
-            parent = propagate.extract(headers, getter=_GETTER)
+            # Only a request that carries one of the propagator's fields can have a parent.
+            fields = _propagation_fields()
+            parent = (propagate.extract(headers, getter=_GETTER)
+                      if any(name in fields for name, _ in headers) else context.Context())
             span = self.tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes={
                 "http.request.method": method,
                 "url.scheme": scope.get("scheme", "http"),
@@ -132,8 +158,9 @@ class LeanASGIMiddleware:
             if span is not None:
                 if route:
                     span.update_name(f"{method} {route}")
-                    span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", code)
+                    span.set_attributes({"http.route": route, "http.response.status_code": code})
+                else:
+                    span.set_attribute("http.response.status_code", code)
                 if code >= 500:
                     span.set_status(Status(StatusCode.ERROR))
                 span.end()

@@ -97,6 +97,8 @@ class Receiver:
                             "scope": ss.scope.name,
                             "links": [{"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(),
                                        "attributes": attrs(link.attributes)} for link in span.links],
+                            "status": (span.status.code, span.status.message),
+                            "events": [(e.name, attrs(e.attributes)) for e in span.events],
                         })
         return out
 

@@ -20,10 +20,12 @@ Where each metric moves:
   ``worker_init`` (worker processes only, ``AGENSIUM_PROCESS_METRICS``), read by each
   process at collection time (:class:`~otel_agensium.celery.metrics.ProcessMetrics`).
 
-Spans come from the contrib ``CeleryInstrumentor``. Our ``task_postrun`` handler is
-connected before the instrumentor's so the run span is still current when the
-duration is recorded (the histogram's exemplar then points at the task's trace), and
-our ``task_prerun`` handler after it, so the span it annotates already exists.
+Spans come from :mod:`otel_agensium.celery.tracing` (``AGENSIUM_CELERY_INSTRUMENTATION=lean``,
+the default: one publish and one run span, attributes set at start) or from the contrib
+``CeleryInstrumentor`` (``contrib``). Either way our ``task_postrun`` handler is connected
+before the tracer's so the run span is still current when the duration is recorded (the
+histogram's exemplar then points at the task's trace), and our ``task_prerun`` handler
+after it, so the span exists (with contrib, it adds ``celery.task_id``/``celery.task_name``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from typing import Any
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from celery import signals
 from opentelemetry import trace
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.trace import TracerProvider
 
@@ -43,11 +44,8 @@ from ..errors import guarded
 from ..integration import Integration
 from ..shutdown import worker_stopping
 from .metrics import ProcessMetrics, TaskMetrics
+from .tracing import MAX_ARGS_REPR, TASK_ID_ATTRIBUTE, TASK_NAME_ATTRIBUTE, LeanCeleryTracing
 from .utils import SENT_AT_HEADER, BoundedLabels, queue_of
-
-TASK_ID_ATTRIBUTE = "celery.task_id"
-TASK_NAME_ATTRIBUTE = "celery.task_name"
-MAX_ARGS_REPR = 1024
 
 
 class CeleryIntegration(Integration):
@@ -63,6 +61,7 @@ class CeleryIntegration(Integration):
         flush: Callable[[], Any],
         record_task_args: bool = False,
         process_metrics: bool = True,
+        instrumentation: str = "lean",
     ) -> None:
         super().__init__()
         self.metrics = TaskMetrics.create(meter_provider) if meter_provider is not None else None
@@ -71,6 +70,8 @@ class CeleryIntegration(Integration):
         self.record_task_args = record_task_args
         self._flush = flush
         self._started: dict[str, float] = {}
+        self.instrumentation = instrumentation
+        self._annotate = False  # contrib's run span gets the task id/name from our prerun
         self.want_process_metrics = process_metrics
         self.process_metrics: ProcessMetrics | None = None
 
@@ -88,12 +89,19 @@ class CeleryIntegration(Integration):
         self._connect(signals.worker_process_shutdown, self._on_process_shutdown)
         self._connect(signals.worker_shutdown, self._on_process_shutdown)
         self._connect(signals.worker_shutting_down, self._on_shutting_down)
-        if self.tracer_provider is not None:
+        if self.tracer_provider is not None and self.instrumentation == "contrib":
+            from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
             instrumentor = CeleryInstrumentor()
             # Our own duration histogram replaces the instrumentor's flower.* metric.
             instrumentor.instrument(tracer_provider=self.tracer_provider, meter_provider=NoOpMeterProvider())
             self.on_uninstall(instrumentor.uninstrument, "CeleryInstrumentor.uninstrument")
-        self._connect(signals.task_prerun, self._on_prerun)  # after the instrumentor's
+            self._annotate = True
+        elif self.tracer_provider is not None:
+            tracing = LeanCeleryTracing(self.tracer_provider, record_task_args=self.record_task_args)
+            tracing.install()
+            self.on_uninstall(tracing.uninstall, "LeanCeleryTracing.uninstall")
+        self._connect(signals.task_prerun, self._on_prerun)  # after the tracer's
 
     def _stop_process_metrics(self) -> None:
         if self.process_metrics is not None:
@@ -120,8 +128,8 @@ class CeleryIntegration(Integration):
         if task_id is None or task is None:
             return
         self._started[task_id] = time.perf_counter()
-        span = trace.get_current_span()
-        if span.is_recording():
+        span = trace.get_current_span() if self._annotate else None
+        if span is not None and span.is_recording():
             span.set_attribute(TASK_ID_ATTRIBUTE, task_id)
             span.set_attribute(TASK_NAME_ATTRIBUTE, task.name)
             if self.record_task_args:
