@@ -1,5 +1,5 @@
 """All-or-nothing set-up: an integration that fails half way leaves nothing behind, and a second
-install is refused. The failure is injected into a real dependency (the contrib Celery instrumentor,
+install is refused. The failure is injected into a real dependency (the Celery publish/run tracing,
 the URL-exclusion helper the web integration reads) of a real ``configure()`` in a fresh process."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json, logging, sys
 import fastapi, redis, redis.client
 import opentelemetry.util.http
 from celery import signals
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
+from otel_agensium.celery.tracing import LeanCeleryTracing
 
 SIGNALS = [name for name in dir(signals) if isinstance(getattr(signals, name), signals.Signal)]
 
@@ -36,8 +36,8 @@ def boom(*args, **kwargs):
     raise RuntimeError("injected failure")
 
 where = sys.argv[1]
-if where == "celery":  # after ten signal handlers are connected
-    CeleryInstrumentor._instrument = boom
+if where == "celery":  # the publish/run tracing, after ten signal handlers are connected
+    LeanCeleryTracing.install = boom
 elif where == "web":  # the last integration: logs, celery and redis are already in
     opentelemetry.util.http.get_excluded_urls = boom
 
