@@ -193,10 +193,13 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
 def problem_line(setting: Setting, raw: Any, accepted: str, source: str = "env") -> str:
-    """``ENV=value is invalid: expected ...; using default ...`` (environment) or the argument's line."""
+    """``ENV=value is invalid: expected ...; using default ...`` (environment; ``strict``: not starting)
+    or the argument's line."""
     shown = "<hidden>" if setting.secret else repr(raw)
     if source == "env":
         return f"{setting.env}={shown} is invalid: expected {accepted}; using default {setting.default!r}"
+    if source == "strict":
+        return f"{setting.env}={shown} is invalid: expected {accepted}; not starting (AGENSIUM_STRICT=true)"
     return f"configure({setting.name}={shown}) is invalid: expected {accepted} (environment variable {setting.env})"
 
 
@@ -221,6 +224,7 @@ def load(
         )
     values: dict[str, Any] = {}
     problems: list[str] = []
+    refusals: list[str] = []  # the same problems of AGENSIUM_* settings, worded for strict mode
     for setting in SETTINGS:
         if setting.name in overrides and overrides[setting.name] is not None:
             raw = overrides[setting.name]
@@ -237,10 +241,11 @@ def load(
             values[setting.name] = setting.parse(raw)
         except ValueError as exc:
             problems.append(problem_line(setting, raw, str(exc)))
+            if setting.env.startswith(PREFIX):
+                refusals.append(problem_line(setting, raw, str(exc), source="strict"))
             values[setting.name] = setting.default
-    own_problems = [p for p in problems if p.startswith(PREFIX)]
-    if values["strict"] and own_problems and strict_raises:
-        raise ConfigurationError(own_problems[0] + " (AGENSIUM_STRICT=true)")
+    if values["strict"] and refusals and strict_raises:
+        raise ConfigurationError(refusals[0])
     settings = Settings(**values)
     object.__setattr__(settings, "problems", tuple(problems))  # frozen: set once, here
     return settings

@@ -131,6 +131,9 @@ def test_beat_verdicts():
     assert verdict == "ok" and detail == "2 entries; a sent 3x, lag 1.0 ms; b sent 0x"
     verdict, detail, _, data = beat_verdict(schedule, alive, 10, now)
     assert verdict == "FAIL" and data["late"] == ["b due 30.0 s ago, last sent never"]
+    verdict, detail, _, _ = beat_verdict({"a": {}}, alive, 60, now)
+    assert detail.endswith("(1 entry; a sent 3x, lag 1.0 ms)")
+    assert beat_verdict({"a": {}}, {}, 60, now)[1] == "the app's beat_schedule has 1 entry but no beat has reported"
     verdict, detail, _, data = beat_verdict({"a": {}, "c": {}}, alive, 60, now)
     assert verdict == "warn" and data["not_reported"] == ["c"] and data["not_in_schedule"] == ["b"]
     down = {**alive, BEAT_FIELD: {"next_tick": now - 100}}

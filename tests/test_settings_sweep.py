@@ -109,6 +109,7 @@ def test_strict_mode_refuses_to_start_in_one_line():
     assert "app ran" not in result.stdout
     lines = [x for x in result.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "AGENSIUM_MAX_TASK_NAMES" in lines[0], result.stderr
+    assert lines[0].endswith("not starting (AGENSIUM_STRICT=true)") and "using default" not in lines[0]
 
 
 def test_sdk_read_variables_give_our_one_line_not_the_sdk_traceback():

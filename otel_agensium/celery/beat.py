@@ -346,6 +346,10 @@ def instrument_scheduler(scheduler: Any, handle: Any = None) -> BeatIntegration 
     return integration
 
 
+def _entries(n: int) -> str:
+    return f"{n} {'entry' if n == 1 else 'entries'}"
+
+
 def _ago(seconds: float) -> str:
     seconds = abs(seconds)
     if seconds < 120:
@@ -368,7 +372,7 @@ def beat_verdict(schedule: dict[str, Any] | None, status: dict[str, dict[str, An
     if not schedule and not entries:
         return "skipped", "the app has no beat_schedule and no beat reported", None, data
     if not status:
-        return ("warn", f"the app's beat_schedule has {len(schedule)} entries but no beat has reported",
+        return ("warn", f"the app's beat_schedule has {_entries(len(schedule))} but no beat has reported",
                 "Run beat under opentelemetry-instrument (opentelemetry-instrument celery -A <app> beat), or "
                 "call otel_agensium.configure() in the process that runs it; check that it is running.", data)
     problems: list[str] = []
@@ -390,7 +394,7 @@ def beat_verdict(schedule: dict[str, Any] | None, status: dict[str, dict[str, An
     sent = [f"{name} sent {figures.get('sends', 0)}x"
             + (f", lag {figures['lag'] * 1000:.1f} ms" if isinstance(figures.get("lag"), (int, float)) else "")
             for name, figures in sorted(entries.items()) if name in schedule]
-    summary = f"{len(schedule)} entries; " + "; ".join(sent)
+    summary = f"{_entries(len(schedule))}; " + "; ".join(sent)
     data.update(late=late, not_reported=unknown, not_in_schedule=extra)
     if problems:
         return ("FAIL", "; ".join(problems) + f" ({summary})",
