@@ -43,7 +43,7 @@ WEB_TARGET = 0.80
 
 def alternate(variants: list[str], rounds: int):
     for round_no in range(rounds):
-        for variant in (variants if round_no % 2 == 0 else list(reversed(variants))):
+        for variant in variants if round_no % 2 == 0 else list(reversed(variants)):
             yield round_no, variant
 
 
@@ -53,8 +53,11 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.md"))
-    parser.add_argument("--instructions", action="store_true",
-                        help="also count instructions per task / request under callgrind (about 3 more minutes)")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count instructions per task / request under callgrind (about 3 more minutes)",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed for the FastAPI figures: apt-get install wrk")
@@ -67,16 +70,35 @@ def main() -> None:
             for round_no, variant in alternate(CELERY_VARIANTS, args.rounds):
                 res = celery_throughput.one_run(variant, broker, endpoint, args.tasks, pool, concurrency)
                 celery.setdefault((pool, variant), []).append(res)
-                print(f"  celery {pool:7} round {round_no + 1} {variant:17} {res[0]:6.0f} tasks/s "
-                      f"{res[1]:6.0f} us CPU/task", flush=True)
+                print(
+                    f"  celery {pool:7} round {round_no + 1} {variant:17} {res[0]:6.0f} tasks/s "
+                    f"{res[1]:6.0f} us CPU/task",
+                    flush=True,
+                )
         for round_no, variant in alternate(WEB_VARIANTS, args.rounds):
             for path, res in fastapi_rps.one_run(variant, broker, endpoint, args.seconds, 8).items():
                 web.setdefault((variant, path), []).append(res)
                 print(f"  fastapi round {round_no + 1} {variant:17} {path:9} {res[0]:6.0f} req/s", flush=True)
         # In a process of its own: it configures otel-agensium, this process publishes uninstrumented.
-        out = subprocess.run([sys.executable, "-m", "bench.parts", "--json", "--broker", broker, "--endpoint",
-                              endpoint, "--rounds", str(max(10, 4 * args.rounds))], cwd=ROOT, check=True,
-                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.parts",
+                "--json",
+                "--broker",
+                broker,
+                "--endpoint",
+                endpoint,
+                "--rounds",
+                str(max(10, 4 * args.rounds)),
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        ).stdout
         part_us = json.loads(out.strip().splitlines()[-1])
         counts: dict[tuple[str, str], float] = {}
         if args.instructions:
@@ -87,8 +109,10 @@ def main() -> None:
                 for variant in ("none", "agensium-full"):
                     count = instructions.instructions_per_request(variant, broker, endpoint, path, 512)
                     counts[(path, variant)] = count
-                    print(f"  instructions {path:9} {variant:17} {counts[(path, variant)] / 1e3:6.0f} k/request",
-                          flush=True)
+                    print(
+                        f"  instructions {path:9} {variant:17} {counts[(path, variant)] / 1e3:6.0f} k/request",
+                        flush=True,
+                    )
     text = report(args, celery, web, part_us, counts, load_before, load_average(), time.monotonic() - started)
     print("\n" + text)
     Path(args.output).write_text(text)
@@ -116,8 +140,10 @@ def report(args, celery, web, part_us, counts, load_before: str, load_after: str
             cpu = median([r[1] for r in celery[(pool, variant)]])
             target = TARGETS.get(variant)
             verdict = "" if target is None else f">= {target:.2f}: {'met' if tps / base_tps >= target else 'NOT met'}"
-            lines.append(f"| {pool} | {variant} | {tps:.0f} | **{tps / base_tps:.2f}** | {verdict} | {cpu:.0f} | "
-                         f"{base_cpu / cpu:.2f} |")
+            lines.append(
+                f"| {pool} | {variant} | {tps:.0f} | **{tps / base_tps:.2f}** | {verdict} | {cpu:.0f} | "
+                f"{base_cpu / cpu:.2f} |"
+            )
     lines += [
         "",
         f"## FastAPI under uvicorn, wrk -t1 -c8 -d{args.seconds}s",
@@ -133,8 +159,10 @@ def report(args, celery, web, part_us, counts, load_before: str, load_after: str
             verdict = ""
             if variant == "agensium-full" and path == "/hello":
                 verdict = f">= {WEB_TARGET:.2f}: {'met' if rps / base >= WEB_TARGET else 'NOT met'}"
-            lines.append(f"| {path} | {variant} | {rps:.0f} | **{rps / base:.2f}** | {verdict} | "
-                         f"{median([r[1] for r in runs]):.2f} | {median([r[2] for r in runs]):.2f} |")
+            lines.append(
+                f"| {path} | {variant} | {rps:.0f} | **{rps / base:.2f}** | {verdict} | "
+                f"{median([r[1] for r in runs]):.2f} | {median([r[2] for r in runs]):.2f} |"
+            )
     lines += [
         "",
         "## Where a worker's per-task telemetry time goes (bench/parts.py, minimum of rounds)",

@@ -25,8 +25,7 @@ def fill(client: redis.Redis, app: Celery, count: int, first: int = 0) -> None:
     eta = datetime.now(timezone.utc) + timedelta(hours=1)
     with app.producer_or_acquire() as producer:
         for i in range(count):
-            app.send_task("t.ok", args=(i,), queue="bench-backlog", producer=producer,
-                          eta=eta if i % 3 == 0 else None)
+            app.send_task("t.ok", args=(i,), queue="bench-backlog", producer=producer, eta=eta if i % 3 == 0 else None)
     pipe = client.pipeline(transaction=False)
     for i in range(count):
         raw = client.rpop("bench-backlog")
@@ -60,8 +59,10 @@ def main() -> None:
             got = (sum(result.unacked.values()), sum(result.eta_held.values()))
             assert got == (count, with_eta), (got, count, with_eta)
             ms = median(runs) * 1000
-            print(f"{count:>7} unacked ({sum(result.eta_held.values())} with an ETA): {ms:7.1f} ms per read, "
-                  f"{ms / count * 1000:.1f} us per entry")
+            print(
+                f"{count:>7} unacked ({sum(result.eta_held.values())} with an ETA): {ms:7.1f} ms per read, "
+                f"{ms / count * 1000:.1f} us per entry"
+            )
         started = time.perf_counter()
         for _ in range(100):
             RedisBacklog(client).oldest_ages(["celery", "profile", "clean", "master"])

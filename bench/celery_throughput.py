@@ -44,9 +44,25 @@ def one_run(variant: str, broker: str, endpoint: str, tasks: int, pool: str, con
         for _ in range(tasks):
             app.send_task("bench.incr", queue="bench", producer=producer)
     prefix, env = variant_env(variant, endpoint)
-    worker = spawn([*prefix, str(BIN / "celery"), "-A", "bench.app", "worker", "-Q", "bench", "--pool", pool,
-                    "--concurrency", str(concurrency), "--without-gossip", "--without-mingle",
-                    "--without-heartbeat"], env={"BENCH_BROKER_URL": broker, **env})
+    worker = spawn(
+        [
+            *prefix,
+            str(BIN / "celery"),
+            "-A",
+            "bench.app",
+            "worker",
+            "-Q",
+            "bench",
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env={"BENCH_BROKER_URL": broker, **env},
+    )
     try:
         # From 25 %: past start-up and each process's first span export (fastencode checks that one).
         start_mark, deadline = tasks // 4, time.monotonic() + 300

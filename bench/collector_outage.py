@@ -40,9 +40,25 @@ def warm_shutdown_seconds(broker: str, endpoint: str, env: dict[str, str], tasks
     client = redis.Redis.from_url(broker)
     client.flushdb()
     prefix, variant = variant_env("agensium-full", endpoint)
-    worker = spawn([*prefix, str(BIN / "celery"), "-A", "bench.app", "worker", "-Q", "bench", "--pool", "prefork",
-                    "--concurrency", "2", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                   env={"BENCH_BROKER_URL": broker, **variant, **env})
+    worker = spawn(
+        [
+            *prefix,
+            str(BIN / "celery"),
+            "-A",
+            "bench.app",
+            "worker",
+            "-Q",
+            "bench",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "2",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env={"BENCH_BROKER_URL": broker, **variant, **env},
+    )
     try:
         app = publisher(broker)
         with app.producer_or_acquire() as producer:
@@ -80,19 +96,27 @@ def main() -> None:
         for round_no in range(args.rounds):
             for state in STATES if round_no % 2 == 0 else reversed(STATES):
                 with _environ(env):
-                    tps[state].append(one_run("agensium-full", broker, urls[state], args.tasks, args.pool,
-                                              args.concurrency))
+                    tps[state].append(
+                        one_run("agensium-full", broker, urls[state], args.tasks, args.pool, args.concurrency)
+                    )
                 stops[state].append(warm_shutdown_seconds(broker, urls[state], env))
-                print(f"  round {round_no + 1} {state:10} {tps[state][-1]:8.0f} tasks/s, "
-                      f"warm shutdown {stops[state][-1]:5.1f} s", flush=True)
+                print(
+                    f"  round {round_no + 1} {state:10} {tps[state][-1]:8.0f} tasks/s, "
+                    f"warm shutdown {stops[state][-1]:5.1f} s",
+                    flush=True,
+                )
     live = median(tps["live"])
     conc = "" if args.pool == "solo" else f" --concurrency {args.concurrency}"
-    print(f"\nCollector outage, --pool {args.pool}{conc}, {args.tasks} tasks x {args.rounds} rounds, "
-          f"AGENSIUM_SHUTDOWN_TIMEOUT={args.budget}; {machine()}")
+    print(
+        f"\nCollector outage, --pool {args.pool}{conc}, {args.tasks} tasks x {args.rounds} rounds, "
+        f"AGENSIUM_SHUTDOWN_TIMEOUT={args.budget}; {machine()}"
+    )
     print(f"{'endpoint':10} {'tasks/s':>9} {'ratio':>7} {'warm shutdown s (median, max)':>31}")
     for state in STATES:
-        print(f"{state:10} {median(tps[state]):9.0f} {median(tps[state]) / live:7.2f} "
-              f"{median(stops[state]):22.1f} {max(stops[state]):6.1f}")
+        print(
+            f"{state:10} {median(tps[state]):9.0f} {median(tps[state]) / live:7.2f} "
+            f"{median(stops[state]):22.1f} {max(stops[state]):6.1f}"
+        )
 
 
 @contextlib.contextmanager

@@ -34,45 +34,52 @@ from otel_agensium.fastencode import encode_spans as fast_encode_spans
 
 def make_spans(tasks: int) -> list:
     exporter = InMemorySpanExporter()
-    resource = Resource.create({
-        "service.name": "bench-worker",
-        "service.version": "1.4.2",
-        "deployment.environment.name": "production",
-        "telemetry.distro.name": "otel-agensium",
-        "telemetry.distro.version": "0.1.0",
-    })
+    resource = Resource.create(
+        {
+            "service.name": "bench-worker",
+            "service.version": "1.4.2",
+            "deployment.environment.name": "production",
+            "telemetry.distro.name": "otel-agensium",
+            "telemetry.distro.version": "0.1.0",
+        }
+    )
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     celery_tracer = provider.get_tracer("opentelemetry.instrumentation.celery", "0.66b2")
     redis_tracer = provider.get_tracer("opentelemetry.instrumentation.redis", "0.66b2")
     for i in range(tasks):
         task_id = str(uuid.uuid4())
-        remote = SpanContext(uuid.uuid4().int, uuid.uuid4().int >> 64, is_remote=True,
-                             trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        remote = SpanContext(
+            uuid.uuid4().int, uuid.uuid4().int >> 64, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+        )
         parent = trace.set_span_in_context(NonRecordingSpan(remote))
         with celery_tracer.start_as_current_span("run/tasks.noop", context=parent, kind=SpanKind.CONSUMER) as run:
-            run.set_attributes({
-                "celery.action": "run",
-                "celery.task_name": "tasks.noop",
-                "messaging.message.id": task_id,
-                "messaging.conversation_id": task_id,
-                "messaging.destination": "celery",
-                "messaging.system": "celery",
-                "celery.hostname": "celery@worker-7c9f6d5b8-x2kqp",
-                "celery.delivery_info": "{'exchange': '', 'routing_key': 'celery', 'redelivered': False}",
-                "celery.retries": 0,
-                "celery.state": "SUCCESS",
-            })
+            run.set_attributes(
+                {
+                    "celery.action": "run",
+                    "celery.task_name": "tasks.noop",
+                    "messaging.message.id": task_id,
+                    "messaging.conversation_id": task_id,
+                    "messaging.destination": "celery",
+                    "messaging.system": "celery",
+                    "celery.hostname": "celery@worker-7c9f6d5b8-x2kqp",
+                    "celery.delivery_info": "{'exchange': '', 'routing_key': 'celery', 'redelivered': False}",
+                    "celery.retries": 0,
+                    "celery.state": "SUCCESS",
+                }
+            )
             with redis_tracer.start_as_current_span("INCR", kind=SpanKind.CLIENT) as span:
-                span.set_attributes({
-                    "db.system": "redis",
-                    "db.statement": "INCR ?",
-                    "db.redis.database_index": 0,
-                    "net.peer.name": "127.0.0.1",
-                    "net.peer.port": 6379,
-                    "net.transport": "ip_tcp",
-                    "db.redis.args_length": 2 + (i % 2),
-                })
+                span.set_attributes(
+                    {
+                        "db.system": "redis",
+                        "db.statement": "INCR ?",
+                        "db.redis.database_index": 0,
+                        "net.peer.name": "127.0.0.1",
+                        "net.peer.port": 6379,
+                        "net.transport": "ip_tcp",
+                        "db.redis.args_length": 2 + (i % 2),
+                    }
+                )
     provider.shutdown()
     return list(exporter.get_finished_spans())
 
@@ -107,8 +114,10 @@ def main() -> None:
         results["fast"].append(_time(fast, spans, args.repeat))
 
     size = len(fast(spans))
-    print(f"{len(spans)} spans per batch ({args.tasks} tasks x 2), {size} bytes serialized, "
-          f"{args.rounds} rounds x {args.repeat}")
+    print(
+        f"{len(spans)} spans per batch ({args.tasks} tasks x 2), {size} bytes serialized, "
+        f"{args.rounds} rounds x {args.repeat}"
+    )
     print(f"{'encoder':<10} {'best us/span':>13} {'median us/span':>15}")
     for name, values in results.items():
         print(f"{name:<10} {min(values):>13.2f} {statistics.median(values):>15.2f}")

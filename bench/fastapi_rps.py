@@ -62,15 +62,33 @@ def post_script() -> str:
     return script
 
 
-def one_run(variant: str, broker: str, endpoint: str, seconds: int, connections: int
-            ) -> dict[str, tuple[float, float, float]]:
+def one_run(
+    variant: str, broker: str, endpoint: str, seconds: int, connections: int
+) -> dict[str, tuple[float, float, float]]:
     """Start the app in ``variant``, load /hello then /enqueue; (req/s, p50 ms, p99 ms) per path."""
     port = free_port()
     bench_variant, extra = WEB_VARIANTS[variant]
-    env = {"BENCH_VARIANT": bench_variant, "BENCH_BROKER_URL": broker, **extra,
-           "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": f"bench-web-{variant}"}
-    web = spawn([sys.executable, "-m", "uvicorn", "bench.web_app:app", "--port", str(port),
-                 "--no-access-log", "--log-level", "warning"], env=env)
+    env = {
+        "BENCH_VARIANT": bench_variant,
+        "BENCH_BROKER_URL": broker,
+        **extra,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_SERVICE_NAME": f"bench-web-{variant}",
+    }
+    web = spawn(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.web_app:app",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
     out = {}
     try:
         _wait_port(port)
@@ -98,16 +116,20 @@ def main() -> None:
                 for path, res in one_run(variant, broker, endpoint, args.seconds, args.connections).items():
                     results.setdefault((variant, path), []).append(res)
                     print(f"  round {round_no + 1} {variant:16} {path:9} {res[0]:8.0f} req/s", flush=True)
-    print(f"\nFastAPI under uvicorn (1 process), wrk -t1 -c{args.connections} -d{args.seconds}s, "
-          f"{args.rounds} rounds; {machine()}")
+    print(
+        f"\nFastAPI under uvicorn (1 process), wrk -t1 -c{args.connections} -d{args.seconds}s, "
+        f"{args.rounds} rounds; {machine()}"
+    )
     print(f"{'variant':16} {'endpoint':9} {'req/s':>8} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7}")
     for path in ("/hello", "/enqueue"):
         base = median([r[0] for r in results[("none", path)]])
         for variant in WEB_VARIANTS:
             runs = results[(variant, path)]
             rps = median([r[0] for r in runs])
-            print(f"{variant:16} {path:9} {rps:8.0f} {rps / base:6.2f} {median([r[1] for r in runs]):7.2f} "
-                  f"{median([r[2] for r in runs]):7.2f}")
+            print(
+                f"{variant:16} {path:9} {rps:8.0f} {rps / base:6.2f} {median([r[1] for r in runs]):7.2f} "
+                f"{median([r[2] for r in runs]):7.2f}"
+            )
 
 
 if __name__ == "__main__":

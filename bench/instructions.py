@@ -49,8 +49,9 @@ def _publish(app, count: int) -> None:
             app.send_task("bench.incr", queue="bench", producer=producer)
 
 
-def instructions_per_task(variant: str, broker: str, endpoint: str, tasks: int, warmup: int,
-                          keep: str | None = None) -> float:
+def instructions_per_task(
+    variant: str, broker: str, endpoint: str, tasks: int, warmup: int, keep: str | None = None
+) -> float:
     """Instructions per task; ``keep``: a directory to copy the callgrind dumps to (callgrind_annotate)."""
     client = redis.Redis.from_url(broker)
     client.flushdb()
@@ -65,11 +66,29 @@ def instructions_per_task(variant: str, broker: str, endpoint: str, tasks: int, 
     env = {"OTEL_BSP_SCHEDULE_DELAY": "600000", "OTEL_METRIC_EXPORT_INTERVAL": "600000", **env}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        worker = spawn(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes",
-                        f"--callgrind-out-file={out}",
-                        *prefix, str(BIN / "python"), str(BIN / "celery"), "-A", "bench.app", "worker", "-Q",
-                        "bench", "--pool", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                       env={"BENCH_BROKER_URL": broker, **env})
+        worker = spawn(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                "--trace-children=yes",
+                f"--callgrind-out-file={out}",
+                *prefix,
+                str(BIN / "python"),
+                str(BIN / "celery"),
+                "-A",
+                "bench.app",
+                "worker",
+                "-Q",
+                "bench",
+                "--pool",
+                "solo",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            env={"BENCH_BROKER_URL": broker, **env},
+        )
         try:
             _publish(app, warmup)
             _wait_done(client, warmup, worker, 600)
@@ -105,8 +124,9 @@ def _dump_total(pid: int, tmp: str) -> int:
     return total
 
 
-def instructions_per_request(variant: str, broker: str, endpoint: str, path: str, requests: int,
-                             warmup: int = 600) -> float:
+def instructions_per_request(
+    variant: str, broker: str, endpoint: str, path: str, requests: int, warmup: int = 600
+) -> float:
     """Instructions per request of the FastAPI bench app under uvicorn (one process).
 
     The warm-up goes past the process's first span export (lazy imports, the first connection,
@@ -119,14 +139,34 @@ def instructions_per_request(variant: str, broker: str, endpoint: str, path: str
 
     bench_variant, extra = WEB_VARIANTS[variant]
     port = free_port()
-    env = {"BENCH_VARIANT": bench_variant, "BENCH_BROKER_URL": broker, **extra,
-           "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "600000",
-           "OTEL_METRIC_EXPORT_INTERVAL": "600000"}
+    env = {
+        "BENCH_VARIANT": bench_variant,
+        "BENCH_BROKER_URL": broker,
+        **extra,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",
+        "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+    }
     method = "POST" if path == "/enqueue" else "GET"
     with tempfile.TemporaryDirectory() as tmp:
-        web = spawn(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/callgrind.out",
-                     str(BIN / "python"), "-m", "uvicorn", "bench.web_app:app", "--port", str(port),
-                     "--no-access-log", "--log-level", "warning"], env=env)
+        web = spawn(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={tmp}/callgrind.out",
+                str(BIN / "python"),
+                "-m",
+                "uvicorn",
+                "bench.web_app:app",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+        )
         try:
             _wait_port(port, timeout=300)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -152,8 +192,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300, help="past the first span export (checked twice)")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--keep", help="copy the callgrind dumps to this directory")
-    parser.add_argument("--web", action="store_true",
-                        help="FastAPI instead: instructions per GET /hello and POST /enqueue (--tasks each)")
+    parser.add_argument(
+        "--web",
+        action="store_true",
+        help="FastAPI instead: instructions per GET /hello and POST /enqueue (--tasks each)",
+    )
     args = parser.parse_args()
     if args.web:
         return main_web(args)
@@ -170,8 +213,6 @@ def main() -> None:
         print(f"{variant:18} {results[variant] / 1e3:8.0f} k  ratio {ratio}")
 
 
-
-
 def main_web(args: argparse.Namespace) -> None:
     variants = ["none", "agensium-full"] if args.variants == DEFAULT_VARIANTS else args.variants.split(",")
     results = {}
@@ -179,8 +220,9 @@ def main_web(args: argparse.Namespace) -> None:
         for path in ("/hello", "/enqueue"):
             for variant in variants:
                 results[(variant, path)] = instructions_per_request(variant, broker, endpoint, path, args.tasks)
-                print(f"  {variant:18} {path:9} {results[(variant, path)] / 1e3:8.0f} k instructions/request",
-                      flush=True)
+                print(
+                    f"  {variant:18} {path:9} {results[(variant, path)] / 1e3:8.0f} k instructions/request", flush=True
+                )
     print(f"\nInstructions per request, FastAPI under uvicorn, {args.tasks} requests (callgrind); {machine()}")
     for path in ("/hello", "/enqueue"):
         base = results.get(("none", path))

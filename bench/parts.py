@@ -38,11 +38,17 @@ import uuid
 
 
 def _setup(broker: str, endpoint: str):
-    os.environ.update({
-        "BENCH_BROKER_URL": broker, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": "bench-parts",
-        "OTEL_BSP_SCHEDULE_DELAY": "3600000", "OTEL_BLRP_SCHEDULE_DELAY": "3600000",
-        "OTEL_METRIC_EXPORT_INTERVAL": "3600000", "AGENSIUM_PROCESS_METRICS": "false",
-    })
+    os.environ.update(
+        {
+            "BENCH_BROKER_URL": broker,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_SERVICE_NAME": "bench-parts",
+            "OTEL_BSP_SCHEDULE_DELAY": "3600000",
+            "OTEL_BLRP_SCHEDULE_DELAY": "3600000",
+            "OTEL_METRIC_EXPORT_INTERVAL": "3600000",
+            "AGENSIUM_PROCESS_METRICS": "false",
+        }
+    )
     import otel_agensium
     from otel_agensium.logs import installed_handlers
 
@@ -188,9 +194,14 @@ def run_parts(broker: str, endpoint: str, rounds: int, tasks: int) -> dict[str, 
         fastencode.encode_spans(batch)
         return (time.process_time() - t0) * (2 * n) / max(1, len(batch))
 
-    parts = {"run span": (run_span, requests_only), "Redis span": (redis_traced, redis_untraced),
-             "metrics": (metrics, requests_only), "export (encode + POST)": export, "of which encoding": encoding,
-             "one log line (JSON + OTLP)": log_line}
+    parts = {
+        "run span": (run_span, requests_only),
+        "Redis span": (redis_traced, redis_untraced),
+        "metrics": (metrics, requests_only),
+        "export (encode + POST)": export,
+        "of which encoding": encoding,
+        "one log line (JSON + OTLP)": log_line,
+    }
     best: dict[str, float] = {}
     handle.tracer_provider.force_flush()
     for round_no in range(rounds):

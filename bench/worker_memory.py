@@ -27,9 +27,23 @@ def main() -> None:
         app = publisher(broker)
         prefix, env = variant_env(args.variant, f"http://127.0.0.1:{free_port()}")  # nothing listens there
         env["OTEL_EXPORTER_OTLP_TIMEOUT"] = "1"
-        worker = spawn([*prefix, str(BIN / "celery"), "-A", "bench.app", "worker", "-Q", "bench", "--pool", "solo",
-                        "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                       env={"BENCH_BROKER_URL": broker, **env})
+        worker = spawn(
+            [
+                *prefix,
+                str(BIN / "celery"),
+                "-A",
+                "bench.app",
+                "worker",
+                "-Q",
+                "bench",
+                "--pool",
+                "solo",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            env={"BENCH_BROKER_URL": broker, **env},
+        )
         try:
             samples: list[tuple[int, int]] = []
             batch = 5000
@@ -52,10 +66,14 @@ def main() -> None:
             stop(worker)
     warm = next(rss for done, rss in samples if done >= args.tasks // 10)
     end = samples[-1][1]
-    print(f"\nWorker RSS, --pool solo, {args.variant}, OTLP endpoint unreachable, {args.tasks} tasks "
-          f"in {elapsed:.0f}s; {machine()}")
-    print(f"RSS after {args.tasks // 10} tasks: {warm / 1024:.1f} MiB; after {args.tasks}: {end / 1024:.1f} MiB; "
-          f"growth {(end - warm) / 1024:+.1f} MiB")
+    print(
+        f"\nWorker RSS, --pool solo, {args.variant}, OTLP endpoint unreachable, {args.tasks} tasks "
+        f"in {elapsed:.0f}s; {machine()}"
+    )
+    print(
+        f"RSS after {args.tasks // 10} tasks: {warm / 1024:.1f} MiB; after {args.tasks}: {end / 1024:.1f} MiB; "
+        f"growth {(end - warm) / 1024:+.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

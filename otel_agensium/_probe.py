@@ -79,5 +79,3 @@ class Probe:
     async def wait(self, timeout: float) -> Sample:
         """:meth:`get` for a running asyncio loop: the loop never blocks."""
         return await asyncio.wait_for(asyncio.wrap_future(self.future()), timeout)
-
-

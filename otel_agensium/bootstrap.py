@@ -101,7 +101,8 @@ def _takes_settings(settings_class: Callable[P, Any]) -> Callable[[Callable[...,
 
     def apply(func: Callable[..., Handle]) -> Callable[P, Handle]:
         func.__signature__ = inspect.signature(settings_class).replace(  # type: ignore[attr-defined]
-            return_annotation="Handle")
+            return_annotation="Handle"
+        )
         return func
 
     return apply
@@ -128,8 +129,9 @@ def configure(**overrides: Any) -> Handle:
         try:
             _handle = _build(settings)
         except Exception as exc:  # noqa: BLE001 - never take the host down, never half-configured
-            _log.warning("otel-agensium: set-up failed (%s: %s); the application runs without telemetry",
-                         type(exc).__name__, exc)
+            _log.warning(
+                "otel-agensium: set-up failed (%s: %s); the application runs without telemetry", type(exc).__name__, exc
+            )
             _handle = Handle(load({"sdk_disabled": True}))
         return _handle
 
@@ -206,15 +208,18 @@ def _install_integrations(handle: Handle) -> None:
     except ImportError:  # celery not installed: a web app that only publishes elsewhere
         CeleryIntegration = None  # type: ignore[assignment,misc]  # noqa: N806
     if CeleryIntegration is not None:
-        _add(handle, CeleryIntegration(
-            meter_provider=handle.meter_provider,
-            tracer_provider=handle.tracer_provider,
-            max_task_names=settings.max_task_names,
-            flush=handle.final_flush,
-            record_task_args=settings.record_task_args,
-            process_metrics=settings.process_metrics,
-            instrumentation=settings.celery_instrumentation,
-        ))
+        _add(
+            handle,
+            CeleryIntegration(
+                meter_provider=handle.meter_provider,
+                tracer_provider=handle.tracer_provider,
+                max_task_names=settings.max_task_names,
+                flush=handle.final_flush,
+                record_task_args=settings.record_task_args,
+                process_metrics=settings.process_metrics,
+                instrumentation=settings.celery_instrumentation,
+            ),
+        )
         _install_celery_extras(handle)
     if handle.tracer_provider is not None:
         from .redis_traffic import RedisIntegration
@@ -243,5 +248,12 @@ def _install_celery_extras(handle: Handle) -> None:
     if settings.worker_probe_port:
         from .celery.worker_probe import ProbeIntegration
 
-        _add(handle, ProbeIntegration(settings.worker_probe_host, settings.worker_probe_port,
-                                      settings.worker_probe_stall, handle.meter_provider))
+        _add(
+            handle,
+            ProbeIntegration(
+                settings.worker_probe_host,
+                settings.worker_probe_port,
+                settings.worker_probe_stall,
+                handle.meter_provider,
+            ),
+        )

@@ -104,7 +104,8 @@ def _broker_url(text: str) -> str:
         except KeyError:
             raise argparse.ArgumentTypeError(
                 f"unknown transport {url.split('://')[0]!r} in {shown}; expected e.g. memory://, "
-                "redis://host:6379/0, rediss://..., amqp://user:pass@host:5672//") from None
+                "redis://host:6379/0, rediss://..., amqp://user:pass@host:5672//"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - a bad port, a transport whose library is missing...
             raise argparse.ArgumentTypeError(f"{shown}: {scrub(str(exc))}") from None
     return text.strip()
@@ -132,42 +133,66 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     debug = _Parser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="also print the traceback of any error (same line and exit status)")
-    parser = _Parser(prog=PROG, description="Check settings, run the demo, export queue gauges, diagnose a deployment.",
-                     parents=[debug],
-                     epilog="Exit status: 0 done, 1 a check failed or the broker did not answer, "
-                            "2 bad usage or configuration, 70 a bug (traceback shown), 130 interrupted.")
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="also print the traceback of any error (same line and exit status)",
+    )
+    parser = _Parser(
+        prog=PROG,
+        description="Check settings, run the demo, export queue gauges, diagnose a deployment.",
+        parents=[debug],
+        epilog="Exit status: 0 done, 1 a check failed or the broker did not answer, "
+        "2 bad usage or configuration, 70 a bug (traceback shown), 130 interrupted.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("check", parents=[debug], help="validate every setting; one line per bad one, exit 1 if any"
-                   ).set_defaults(func=_check)
-    sub.add_parser("settings", parents=[debug], help="list every setting with its variable and default"
-                   ).set_defaults(func=_settings)
-    demo = sub.add_parser("demo", parents=[debug],
-                          help="run tasks through an in-process worker and print the telemetry")
+    sub.add_parser(
+        "check", parents=[debug], help="validate every setting; one line per bad one, exit 1 if any"
+    ).set_defaults(func=_check)
+    sub.add_parser("settings", parents=[debug], help="list every setting with its variable and default").set_defaults(
+        func=_settings
+    )
+    demo = sub.add_parser(
+        "demo", parents=[debug], help="run tasks through an in-process worker and print the telemetry"
+    )
     demo.add_argument("--broker", type=_broker_url, default="memory://", help="broker URL (default: in-memory)")
-    demo.add_argument("--tasks", type=_int_range(2, MAX_DEMO_TASKS, " (one fails and one retries, always)"),
-                      default=20, help="tasks to run (default 20)")
+    demo.add_argument(
+        "--tasks",
+        type=_int_range(2, MAX_DEMO_TASKS, " (one fails and one retries, always)"),
+        default=20,
+        help="tasks to run (default 20)",
+    )
     demo.add_argument("--otlp", action="store_true", help="also export over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT)")
     demo.set_defaults(func=_demo)
     monitor = sub.add_parser(
-        "monitor", parents=[debug],
-        help="export celery_queue_length and celery_active_workers for a broker (one per deployment)")
+        "monitor",
+        parents=[debug],
+        help="export celery_queue_length and celery_active_workers for a broker (one per deployment)",
+    )
     doctor = sub.add_parser(
-        "doctor", parents=[debug],
-        help="check broker, workers, queue consumers, OTLP endpoint and limits; one line each, exit 1 on FAIL")
+        "doctor",
+        parents=[debug],
+        help="check broker, workers, queue consumers, OTLP endpoint and limits; one line each, exit 1 on FAIL",
+    )
     for command in (monitor, doctor):
-        command.add_argument("-A", "--app", type=_app_ref,
-                             help="Celery app, as for `celery -A` (module or module:attribute)")
-        command.add_argument("--broker", type=_broker_url,
-                             help="broker URL (default: the app's, or AGENSIUM_BROKER_URL)")
+        command.add_argument(
+            "-A", "--app", type=_app_ref, help="Celery app, as for `celery -A` (module or module:attribute)"
+        )
+        command.add_argument(
+            "--broker", type=_broker_url, help="broker URL (default: the app's, or AGENSIUM_BROKER_URL)"
+        )
     monitor.add_argument("--queues", type=_names, help="comma-separated queues to measure (default: AGENSIUM_QUEUES)")
     monitor.add_argument("--once", action="store_true", help="read once, print JSON, exit (1 if the broker failed)")
     monitor.set_defaults(func=_monitor)
     doctor.add_argument("--json", action="store_true", help="print the checks as a JSON list")
     doctor.add_argument("--timeout", type=_seconds, help="seconds per network check (default AGENSIUM_HEALTH_TIMEOUT)")
-    doctor.add_argument("--queues", type=_names, help="comma-separated queues that must have a consumer (default: "
-                        "the app's routes, plus AGENSIUM_QUEUES when set)")
+    doctor.add_argument(
+        "--queues",
+        type=_names,
+        help="comma-separated queues that must have a consumer (default: "
+        "the app's routes, plus AGENSIUM_QUEUES when set)",
+    )
     doctor.set_defaults(func=_doctor)
     return parser
 
@@ -218,15 +243,17 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exception(exc)  # then the same line and status as without --debug
         try:
             loaded = settings_module.load(strict_raises=False)
-            error = known(exc, getattr(args, "broker", None) or loaded.broker_url, loaded.health_timeout,
-                          _secrets(args))
+            error = known(
+                exc, getattr(args, "broker", None) or loaded.broker_url, loaded.health_timeout, _secrets(args)
+            )
         except Exception:  # noqa: BLE001 - the boundary never fails itself: the original error is shown
             error = None
         if error is None:
             if not debug:
                 traceback.print_exception(exc)
-            print(f"{command}: this is a bug in otel-agensium; please report it with the traceback above",
-                  file=sys.stderr)
+            print(
+                f"{command}: this is a bug in otel-agensium; please report it with the traceback above", file=sys.stderr
+            )
             return BUG
         print(error.line(command), file=sys.stderr)
         return error.status

@@ -47,8 +47,9 @@ def _describe(exc: BaseException, secrets: Iterable[str | None]) -> str:
     return describe(exc, secrets)
 
 
-def broker_failure(exc: BaseException, broker: str, timeout: float, is_redis: bool,
-                   secrets: Iterable[str | None] = ()) -> CommandError:
+def broker_failure(
+    exc: BaseException, broker: str, timeout: float, is_redis: bool, secrets: Iterable[str | None] = ()
+) -> CommandError:
     """The one line for an error talking to ``broker`` (a redacted URL), worded as ``doctor`` words it."""
     from .doctor import failures
 
@@ -64,9 +65,15 @@ def _network_types() -> tuple[type[BaseException], ...]:
     import kombu.exceptions
     import redis.exceptions
 
-    types: list[type[BaseException]] = [kombu.exceptions.OperationalError, redis.exceptions.ConnectionError,
-                                         redis.exceptions.TimeoutError, ConnectionError, socket.gaierror,
-                                         TimeoutError, concurrent.futures.TimeoutError]
+    types: list[type[BaseException]] = [
+        kombu.exceptions.OperationalError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        ConnectionError,
+        socket.gaierror,
+        TimeoutError,
+        concurrent.futures.TimeoutError,
+    ]
     try:
         import amqp.exceptions
 
@@ -76,8 +83,9 @@ def _network_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-def known(exc: BaseException, broker: str | None, timeout: float,
-          secrets: Iterable[str | None] = ()) -> CommandError | None:
+def known(
+    exc: BaseException, broker: str | None, timeout: float, secrets: Iterable[str | None] = ()
+) -> CommandError | None:
     """The :class:`CommandError` for an exception of a known family; ``None`` for anything else (a bug)."""
     from .redact import redact_url
     from .settings import ConfigurationError
@@ -89,15 +97,22 @@ def known(exc: BaseException, broker: str | None, timeout: float,
         return CommandError(str(exc), "Correct that variable (otel-agensium check lists every bad one).", USAGE)
     if isinstance(exc, KeyError) and "No such transport" in str(exc):  # kombu, for the app's own broker_url
         name = str(exc.args[0]).rpartition(":")[2].strip()
-        return CommandError(f"unknown broker transport {name!r} in the app's broker URL",
-                            f"Use a transport kombu knows: {_SCHEMES}.", USAGE)
+        return CommandError(
+            f"unknown broker transport {name!r} in the app's broker URL",
+            f"Use a transport kombu knows: {_SCHEMES}.",
+            USAGE,
+        )
     if isinstance(exc, _network_types()):
         shown = redact_url(broker) if broker else "<the app's broker>"
-        return broker_failure(exc, shown, timeout, not broker or broker.startswith(("redis", "rediss", "sentinel")),
-                              secrets)
+        return broker_failure(
+            exc, shown, timeout, not broker or broker.startswith(("redis", "rediss", "sentinel")), secrets
+        )
     if isinstance(exc, OSError) and exc.filename:
-        return CommandError(f"cannot use {exc.filename}: {exc.strerror or exc}",
-                            "Give a path this user can read (or write, for a log file).", USAGE)
+        return CommandError(
+            f"cannot use {exc.filename}: {exc.strerror or exc}",
+            "Give a path this user can read (or write, for a log file).",
+            USAGE,
+        )
     if isinstance(exc, OSError) and exc.errno in (errno.EBADF, errno.ENOSPC, errno.EIO, errno.EFBIG):
         return output_failure(exc)
     return None
@@ -109,8 +124,11 @@ _SCHEMES = "memory://, redis://, rediss://, sentinel://, amqp://, amqps://, sqs:
 def output_failure(exc: BaseException | None = None) -> CommandError:
     reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else "it is closed"
     silence_stdout()
-    return CommandError(f"cannot write to standard output: {reason}",
-                        "Send the output somewhere writable (a file with free space, a pipe, /dev/null).", FAILED)
+    return CommandError(
+        f"cannot write to standard output: {reason}",
+        "Send the output somewhere writable (a file with free space, a pipe, /dev/null).",
+        FAILED,
+    )
 
 
 # --- standard output ----------------------------------------------------------------------
@@ -149,22 +167,25 @@ def load_app(app_path: str | None, broker: str | None, secrets: Iterable[str | N
     try:
         app = find(app_path, broker)
     except Exception as exc:  # noqa: BLE001 - the user's module: whatever its import raised is theirs to fix
-        cause = exc.__context__ if isinstance(exc, ImportError) and isinstance(exc.__context__, AttributeError) \
-            else exc
+        cause = exc.__context__ if isinstance(exc, ImportError) and isinstance(exc.__context__, AttributeError) else exc
         if isinstance(cause, ModuleNotFoundError) and cause.name and module.startswith(cause.name):
-            fix = (f"Check the name, and run from the directory that holds {module.split('.')[0]} "
-                   "(or add that directory to PYTHONPATH), as for celery -A.")
+            fix = (
+                f"Check the name, and run from the directory that holds {module.split('.')[0]} "
+                "(or add that directory to PYTHONPATH), as for celery -A."
+            )
         elif isinstance(cause, OSError):  # the module's file exists but cannot be read
             fix = f"Make {cause.filename or 'the module file of ' + module} readable by this user, or fix the disk."
         elif isinstance(cause, AttributeError):
             fix = "Name the Celery() instance as module:attribute (e.g. myapp.celery:app), as for celery -A."
         else:
             fix = f"Fix the error in the app's module; python -c 'import {module}' shows its traceback."
-        raise CommandError(f"cannot load the Celery app {app_path!r}: {_describe(cause, secrets)}", fix,
-                           USAGE) from exc
+        raise CommandError(f"cannot load the Celery app {app_path!r}: {_describe(cause, secrets)}", fix, USAGE) from exc
     if not isinstance(app, Celery):
-        raise CommandError(f"{app_path!r} is not a Celery app but a {type(app).__name__}",
-                           "Name the Celery() instance as module:attribute (e.g. myapp.celery:app).", USAGE)
+        raise CommandError(
+            f"{app_path!r} is not a Celery app but a {type(app).__name__}",
+            "Name the Celery() instance as module:attribute (e.g. myapp.celery:app).",
+            USAGE,
+        )
     return app
 
 
@@ -174,7 +195,8 @@ def check_broker(app: Any, timeout: float, secrets: Iterable[str | None] = ()) -
 
     queues = CeleryQueues(app, (), timeout=timeout, inspect_timeout=timeout)
     try:
-        Probe(lambda: queues.lengths([app.conf.task_default_queue or "celery"]), ttl=0,
-              name="cli-broker").get(timeout + 1)  # the client's own timeouts end it first
+        Probe(lambda: queues.lengths([app.conf.task_default_queue or "celery"]), ttl=0, name="cli-broker").get(
+            timeout + 1
+        )  # the client's own timeouts end it first
     except Exception as exc:  # noqa: BLE001 - told apart and worded as doctor words them
         raise broker_failure(exc, queues.broker, timeout, queues.is_redis, [*secrets, *queues.secrets]) from exc

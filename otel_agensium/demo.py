@@ -33,9 +33,14 @@ def _free_port() -> int:
 
 def _make_app(broker: str, timeout: float) -> Celery:
     app = Celery("agensium_demo", broker=broker, backend="cache+memory://")
-    app.conf.update(task_default_queue="celery", broker_connection_retry_on_startup=False,
-                    broker_connection_max_retries=1, broker_connection_timeout=timeout,
-                    broker_transport_options=_transport_options(broker, timeout), worker_hijack_root_logger=False)
+    app.conf.update(
+        task_default_queue="celery",
+        broker_connection_retry_on_startup=False,
+        broker_connection_max_retries=1,
+        broker_connection_timeout=timeout,
+        broker_transport_options=_transport_options(broker, timeout),
+        worker_hijack_root_logger=False,
+    )
 
     @app.task(name="demo.ok")
     def ok(x: int) -> int:
@@ -76,8 +81,10 @@ def run(broker: str = "memory://", tasks: int = 20, otlp: bool = False) -> int:
 
     settings = load()
     if settings.sdk_disabled:
-        print("otel-agensium demo: nothing to show: OTEL_SDK_DISABLED=true turns all telemetry off, so no metric "
-              "or trace would be produced. Run it without that variable: env -u OTEL_SDK_DISABLED otel-agensium demo")
+        print(
+            "otel-agensium demo: nothing to show: OTEL_SDK_DISABLED=true turns all telemetry off, so no metric "
+            "or trace would be produced. Run it without that variable: env -u OTEL_SDK_DISABLED otel-agensium demo"
+        )
         return 0
     # demo.fail fails on purpose; its traceback would only clutter the output.
     logging.getLogger("celery.app.trace").setLevel(logging.CRITICAL)
@@ -94,14 +101,18 @@ def run(broker: str = "memory://", tasks: int = 20, otlp: bool = False) -> int:
     port = _free_port()
     handle = configure(service_name="otel-agensium-demo", prometheus_port=port, otlp=otlp)
     tracer = trace.get_tracer("otel_agensium.demo")
-    print(f"otel-agensium demo: broker {_redact(broker)}, {tasks} tasks"
-          + (f", metrics on :{port}" if settings.metrics else ""), flush=True)
-    with start_worker(app, pool="solo", perform_ping_check=False, queues=["celery", "profile"],
-                      shutdown_timeout=10):
+    print(
+        f"otel-agensium demo: broker {_redact(broker)}, {tasks} tasks"
+        + (f", metrics on :{port}" if settings.metrics else ""),
+        flush=True,
+    )
+    with start_worker(app, pool="solo", perform_ping_check=False, queues=["celery", "profile"], shutdown_timeout=10):
         with tracer.start_as_current_span("demo request") as span:
             trace_id = format(span.get_span_context().trace_id, "032x")
-            results = [app.tasks["demo.ok"].apply_async((i,), queue="celery" if i % 2 else "profile")
-                       for i in range(max(0, tasks - 2))]
+            results = [
+                app.tasks["demo.ok"].apply_async((i,), queue="celery" if i % 2 else "profile")
+                for i in range(max(0, tasks - 2))
+            ]
             results.append(app.tasks["demo.fail"].apply_async(queue="profile"))
             results.append(app.tasks["demo.retry"].apply_async(queue="celery"))
         deadline = time.monotonic() + 30

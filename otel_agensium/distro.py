@@ -43,5 +43,4 @@ class AgensiumConfigurator(_BaseConfigurator):
             # We run inside sitecustomize, where SystemExit turns into a traceback: leave at once.
             os._exit(2)
         except Exception:  # noqa: BLE001 - never take the host down
-            _log.warning("otel-agensium: set-up failed; the application runs without telemetry",
-                         exc_info=True)
+            _log.warning("otel-agensium: set-up failed; the application runs without telemetry", exc_info=True)

@@ -53,10 +53,13 @@ def install_metrics(meter_provider: Any) -> None:
 
     meter = meter_provider.get_meter("otel_agensium", __version__)
     _counters[TELEMETRY_ERRORS] = meter.create_counter(
-        TELEMETRY_ERRORS, unit="{error}",
-        description="Errors inside otel-agensium's own hooks (the host's work went on; telemetry is incomplete).")
+        TELEMETRY_ERRORS,
+        unit="{error}",
+        description="Errors inside otel-agensium's own hooks (the host's work went on; telemetry is incomplete).",
+    )
     _counters[EXPORT_FAILURES] = meter.create_counter(
-        EXPORT_FAILURES, unit="{export}", description="OTLP exports that failed (the telemetry in them is lost).")
+        EXPORT_FAILURES, unit="{export}", description="OTLP exports that failed (the telemetry in them is lost)."
+    )
 
 
 def uninstall_metrics() -> None:

@@ -335,8 +335,19 @@ def _probe_internals() -> bool:
         links = BoundedList.from_seq(None, [Link(parent), Link(context)])
         links.dropped = 1
         span = ReadableSpan(
-            "probe", context, parent, Resource({"r": 1}), attributes, events, links, SpanKind.CLIENT,
-            None, Status(StatusCode.ERROR, "d"), 10, 20, InstrumentationScope("s"),
+            "probe",
+            context,
+            parent,
+            Resource({"r": 1}),
+            attributes,
+            events,
+            links,
+            SpanKind.CLIENT,
+            None,
+            Status(StatusCode.ERROR, "d"),
+            10,
+            20,
+            InstrumentationScope("s"),
         )
         if not (
             (span._context, span._parent, span._name, span._kind) == (context, parent, "probe", SpanKind.CLIENT)
@@ -345,10 +356,14 @@ def _probe_internals() -> bool:
             and span._instrumentation_scope is span.instrumentation_scope
             and type(span._attributes) is BoundedAttributes
             and list(span._attributes._dict.items()) == list(span.attributes.items())
-            and span._attributes.dropped == span.dropped_attributes == 1 and span._attributes._immutable
-            and tuple(span._events) == span.events and span._events.dropped == span.dropped_events == 1
-            and tuple(span._links) == span.links and span._links.dropped == span.dropped_links == 1
-            and tuple(span._events._dq) == span.events and tuple(span._links._dq) == span.links
+            and span._attributes.dropped == span.dropped_attributes == 1
+            and span._attributes._immutable
+            and tuple(span._events) == span.events
+            and span._events.dropped == span.dropped_events == 1
+            and tuple(span._links) == span.links
+            and span._links.dropped == span.dropped_links == 1
+            and tuple(span._events._dq) == span.events
+            and tuple(span._links._dq) == span.links
         ):
             degraded("fastencode._probe_internals", "the SDK's span internals moved; encoding via public properties")
             return False
@@ -690,14 +705,33 @@ def probe_spans() -> list[ReadableSpan]:
     memory = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "otel-agensium-probe", "n": 3}))
     provider.add_span_processor(SimpleSpanProcessor(memory))
-    remote = SpanContext(0x5B8EFFF798038103D269B633813FC60C, 0xEEE19B7EC3C1B174, is_remote=True,
-                         trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "v1")]))
-    values = {"s": "text \u00e9", "long": "x" * 300, "i": -7, "big": 1 << 40, "f": 2.5, "b": True,
-              "ss": ["a", "b"], "ii": [1, 2], "ff": [0.5], "bb": [False]}
+    remote = SpanContext(
+        0x5B8EFFF798038103D269B633813FC60C,
+        0xEEE19B7EC3C1B174,
+        is_remote=True,
+        trace_flags=TraceFlags(1),
+        trace_state=TraceState([("vendor", "v1")]),
+    )
+    values = {
+        "s": "text \u00e9",
+        "long": "x" * 300,
+        "i": -7,
+        "big": 1 << 40,
+        "f": 2.5,
+        "b": True,
+        "ss": ["a", "b"],
+        "ii": [1, 2],
+        "ff": [0.5],
+        "bb": [False],
+    }
     tracer = provider.get_tracer("otel_agensium.probe", "1", schema_url="https://opentelemetry.io/schemas/1.26.0")
-    with tracer.start_as_current_span("probe/run", context=set_span_in_context(NonRecordingSpan(remote)),
-                                      kind=SpanKind.CONSUMER, attributes=values,
-                                      links=[Link(remote, {"l": 1})]) as run:
+    with tracer.start_as_current_span(
+        "probe/run",
+        context=set_span_in_context(NonRecordingSpan(remote)),
+        kind=SpanKind.CONSUMER,
+        attributes=values,
+        links=[Link(remote, {"l": 1})],
+    ) as run:
         run.add_event("exception", {"exception.type": "ValueError", "exception.message": "boom"})
         run.set_status(Status(StatusCode.ERROR, "boom"))
         with provider.get_tracer("otel_agensium.probe.other").start_as_current_span("INCRBY", kind=SpanKind.CLIENT):
@@ -734,8 +768,7 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
         sample = list(spans[:CHECK_SPANS])
         try:
             probe = probe_spans()
-            same = (encode_spans(sample) == official_encode(sample)
-                    and encode_spans(probe) == official_encode(probe))
+            same = encode_spans(sample) == official_encode(sample) and encode_spans(probe) == official_encode(probe)
         except Exception as error:  # noqa: BLE001 - a bug of ours: the official bytes go out
             self._fall_back(f"failed on its first batch ({type(error).__name__}: {error})")
             return official_encode(spans)

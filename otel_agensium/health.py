@@ -38,10 +38,23 @@ _log = logging.getLogger("otel_agensium.health")
 
 # The parts of Redis INFO worth showing; the rest (paths, config file, ...) stays private.
 REDIS_INFO_FIELDS = (
-    "redis_version", "redis_mode", "role", "uptime_in_seconds", "connected_clients", "blocked_clients",
-    "used_memory", "used_memory_human", "used_memory_peak_human", "maxmemory", "maxmemory_human",
-    "maxmemory_policy", "mem_fragmentation_ratio", "instantaneous_ops_per_sec", "rejected_connections",
-    "evicted_keys", "expired_keys",
+    "redis_version",
+    "redis_mode",
+    "role",
+    "uptime_in_seconds",
+    "connected_clients",
+    "blocked_clients",
+    "used_memory",
+    "used_memory_human",
+    "used_memory_peak_human",
+    "maxmemory",
+    "maxmemory_human",
+    "maxmemory_policy",
+    "mem_fragmentation_ratio",
+    "instantaneous_ops_per_sec",
+    "rejected_connections",
+    "evicted_keys",
+    "expired_keys",
 )
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -49,9 +62,17 @@ NO_STORE = {"Cache-Control": "no-store"}
 class HealthChecks:
     """The checks behind the router; usable without FastAPI (``await checks.ready()``)."""
 
-    def __init__(self, app: Any = None, *, redis_url: str | None = None, timeout: float = 2.0,
-                 inspect_timeout: float = 1.0, cache_ttl: float = 1.0, queues: Iterable[str] | None = None,
-                 min_workers: int = 1) -> None:
+    def __init__(
+        self,
+        app: Any = None,
+        *,
+        redis_url: str | None = None,
+        timeout: float = 2.0,
+        inspect_timeout: float = 1.0,
+        cache_ttl: float = 1.0,
+        queues: Iterable[str] | None = None,
+        min_workers: int = 1,
+    ) -> None:
         self.timeout = timeout
         self.min_workers = min_workers
         # The broadcast collects replies for a fixed window; it must end well inside the timeout.
@@ -66,8 +87,12 @@ class HealthChecks:
             from redis.retry import Retry
 
             client = redis.Redis.from_url(
-                redis_url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0),
-                max_connections=4, health_check_interval=0,
+                redis_url,
+                socket_connect_timeout=timeout,
+                socket_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                max_connections=4,
+                health_check_interval=0,
             )
             self.redis_target = redact_url(redis_url)
             password = url_password(redis_url)
@@ -157,8 +182,9 @@ class HealthChecks:
             check, by_queue = results["workers"]
             if check["ok"]:
                 live = self._live(by_queue)
-                check.update(count=len(live), names=live,
-                             by_queue={queue: len(workers) for queue, workers in by_queue.items()})
+                check.update(
+                    count=len(live), names=live, by_queue={queue: len(workers) for queue, workers in by_queue.items()}
+                )
             body["workers"] = check
         if "queues" in results:
             check, lengths = results["queues"]
@@ -170,10 +196,18 @@ class HealthChecks:
         return (200 if ok else 503), body
 
 
-def health_router(app: Any = None, *, redis_url: str | None = None, timeout: float | None = None,
-                  inspect_timeout: float | None = None, cache_ttl: float | None = None,
-                  queues: Iterable[str] | None = None, min_workers: int = 1, prefix: str = "/health",
-                  tags: Iterable[str] = ("health",)) -> Any:
+def health_router(
+    app: Any = None,
+    *,
+    redis_url: str | None = None,
+    timeout: float | None = None,
+    inspect_timeout: float | None = None,
+    cache_ttl: float | None = None,
+    queues: Iterable[str] | None = None,
+    min_workers: int = 1,
+    prefix: str = "/health",
+    tags: Iterable[str] = ("health",),
+) -> Any:
     """A FastAPI ``APIRouter`` with ``{prefix}``, ``{prefix}/ready`` and ``{prefix}/queue``.
 
     ``app`` is the Celery app (workers and queue depths; its broker is the Redis checked

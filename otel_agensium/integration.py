@@ -58,8 +58,10 @@ class Integration:
                 raise IntegrationError(f"otel-agensium: the {self.name} integration is already installed")
             owner = _active.get(self.name)
             if self.exclusive and owner is not None:
-                raise IntegrationError(f"otel-agensium: the {self.name} integration is already installed in this "
-                                       "process; call Handle.shutdown() before installing it again")
+                raise IntegrationError(
+                    f"otel-agensium: the {self.name} integration is already installed in this "
+                    "process; call Handle.shutdown() before installing it again"
+                )
             if self.exclusive:
                 _active[self.name] = self
             self._installed = True

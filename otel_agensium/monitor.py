@@ -45,8 +45,9 @@ def collect_once(app: Any, queues: list[str] | None, out: TextIO) -> int:
     from .settings import load
 
     settings = load()
-    watched = CeleryQueues(app, queues or settings.queues, timeout=settings.health_timeout,
-                           inspect_timeout=settings.inspect_timeout)
+    watched = CeleryQueues(
+        app, queues or settings.queues, timeout=settings.health_timeout, inspect_timeout=settings.inspect_timeout
+    )
     report: dict[str, Any] = {"broker": watched.broker}
     status = 0
     try:
@@ -62,8 +63,14 @@ def collect_once(app: Any, queues: list[str] | None, out: TextIO) -> int:
     return status
 
 
-def run(app_path: str | None = None, broker: str | None = None, queues: list[str] | None = None,
-        once: bool = False, out: TextIO = sys.stdout, app: Any = None) -> int:
+def run(
+    app_path: str | None = None,
+    broker: str | None = None,
+    queues: list[str] | None = None,
+    once: bool = False,
+    out: TextIO = sys.stdout,
+    app: Any = None,
+) -> int:
     """``app``: the app of ``app_path`` already loaded (the CLI loads it to word an import error)."""
     from .settings import load
 
@@ -88,14 +95,16 @@ def run(app_path: str | None = None, broker: str | None = None, queues: list[str
     handle = configure(**overrides)
     gauges = install_queue_gauges(app, handle, queues=queues)
     if gauges is None:
-        print("otel-agensium monitor: metrics are off (OTEL_SDK_DISABLED or AGENSIUM_METRICS=false)",
-              file=sys.stderr)
+        print("otel-agensium monitor: metrics are off (OTEL_SDK_DISABLED or AGENSIUM_METRICS=false)", file=sys.stderr)
         handle.shutdown()
         return 2
     settings = handle.settings
     if not settings.otlp and not settings.prometheus_port:
-        print("otel-agensium monitor: warning: AGENSIUM_OTLP=false and no AGENSIUM_PROMETHEUS_PORT: "
-              "nothing exports the gauges", file=sys.stderr)
+        print(
+            "otel-agensium monitor: warning: AGENSIUM_OTLP=false and no AGENSIUM_PROMETHEUS_PORT: "
+            "nothing exports the gauges",
+            file=sys.stderr,
+        )
 
     stop = threading.Event()
 
@@ -104,11 +113,13 @@ def run(app_path: str | None = None, broker: str | None = None, queues: list[str
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
-    print(f"otel-agensium monitor: watching {', '.join(gauges.queues.queues())} and every queue a worker "
-          f"consumes on {gauges.queues.broker}; exporting every {settings.metric_export_interval / 1000:g} s"
-          + (f", /metrics on {settings.prometheus_host}:{settings.prometheus_port}"
-             if settings.prometheus_port else ""),
-          file=out, flush=True)
+    print(
+        f"otel-agensium monitor: watching {', '.join(gauges.queues.queues())} and every queue a worker "
+        f"consumes on {gauges.queues.broker}; exporting every {settings.metric_export_interval / 1000:g} s"
+        + (f", /metrics on {settings.prometheus_host}:{settings.prometheus_port}" if settings.prometheus_port else ""),
+        file=out,
+        flush=True,
+    )
     while not stop.wait(1.0):
         pass
     handle.shutdown()

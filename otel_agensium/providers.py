@@ -63,12 +63,14 @@ class _ExportFailures:
         _log.warning(
             "otel-agensium: %s export to %s failed (%d failed exports, %d queued items dropped so far); "
             "telemetry is dropped until it recovers, the application is not affected",
-            signal, endpoint, self.failed, self.dropped,
+            signal,
+            endpoint,
+            self.failed,
+            self.dropped,
         )
 
 
 EXPORT_FAILURES = _ExportFailures()
-
 
 
 class _CountDrops(logging.Filter):
@@ -139,8 +141,9 @@ class _PerProcessExporter:
         What was not sent during the final flush is counted for its one report line.
         """
         batch = args[0] if args else next(iter(kwargs.values()), ())
-        outcome = call_within_budget(lambda: self._get().export(*args, **kwargs),
-                                     f"otel-agensium-{self._signal}-export", give_up=self.shutdown)
+        outcome = call_within_budget(
+            lambda: self._get().export(*args, **kwargs), f"otel-agensium-{self._signal}-export", give_up=self.shutdown
+        )
         result = outcome[0] if outcome else self._FAILURE
         if result is not self._SUCCESS:
             if BUDGET.deadline is None:
@@ -233,15 +236,22 @@ def batch_options(settings: Settings, prefix: str) -> dict[str, Any]:
     }
 
 
-def _exporter(settings: Settings, wrapper: type[_PerProcessExporter], signal: str, path: str,
-              http_class: Callable[[], type], grpc_class: Callable[[], type]) -> Any:
+def _exporter(
+    settings: Settings,
+    wrapper: type[_PerProcessExporter],
+    signal: str,
+    path: str,
+    http_class: Callable[[], type],
+    grpc_class: Callable[[], type],
+) -> Any:
     """An OTLP exporter for one signal, created once per process by ``wrapper``.
 
     ``http_class``/``grpc_class`` import the exporter class lazily: the gRPC package is optional.
     """
     if settings.protocol == "grpc":
-        return wrapper(lambda: grpc_class()(endpoint=settings.endpoint, headers=settings.headers),
-                       signal, settings.endpoint)
+        return wrapper(
+            lambda: grpc_class()(endpoint=settings.endpoint, headers=settings.headers), signal, settings.endpoint
+        )
     url = f"{settings.endpoint}/v1/{path}"
     options = http_exporter_options(settings)
     return wrapper(lambda: http_class()(endpoint=url, **options), signal, url)
@@ -288,9 +298,7 @@ def build_tracer_provider(settings: Settings, resource: Resource) -> TracerProvi
     return provider
 
 
-def build_meter_provider(
-    settings: Settings, resource: Resource, extra_readers: list[MetricReader]
-) -> MeterProvider:
+def build_meter_provider(settings: Settings, resource: Resource, extra_readers: list[MetricReader]) -> MeterProvider:
     readers = list(extra_readers)
     if settings.otlp:
         readers.append(
@@ -317,8 +325,12 @@ def prometheus_reader(settings: Settings) -> MetricReader | None:
     try:
         start_http_server(settings.prometheus_port, addr=settings.prometheus_host, registry=REGISTRY)
     except OSError as exc:  # port taken, address not local: the app runs on, without the endpoint
-        _log.warning("otel-agensium: AGENSIUM_PROMETHEUS_PORT=%s: cannot listen on %s (%s); pull endpoint off",
-                     settings.prometheus_port, settings.prometheus_host, exc.strerror or exc)
+        _log.warning(
+            "otel-agensium: AGENSIUM_PROMETHEUS_PORT=%s: cannot listen on %s (%s); pull endpoint off",
+            settings.prometheus_port,
+            settings.prometheus_host,
+            exc.strerror or exc,
+        )
         return None
     # Without scope labels the series carry exactly the SPEC's labels (task_name, queue).
     return _PullReader(scope_info_enabled=False)

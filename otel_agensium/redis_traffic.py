@@ -100,8 +100,9 @@ def _connection_attributes(instance: Any) -> dict[str, Any]:
     return attrs
 
 
-def _traced_command(tracer: trace.Tracer, original: Any, instance: Any, args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> Any:
+def _traced_command(
+    tracer: trace.Tracer, original: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Run one command inside a lean CLIENT span (see the module docstring)."""
     try:
         name = str(args[0]) if args and args[0] else "redis"

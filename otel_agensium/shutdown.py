@@ -49,14 +49,14 @@ _announced_by = 0  # pid of the main process that announced its shutdown
 
 
 def _shared() -> tuple[float, float]:
-    return _LAYOUT.unpack(_SHARED[:_LAYOUT.size])
+    return _LAYOUT.unpack(_SHARED[: _LAYOUT.size])
 
 
 def worker_stopping() -> None:
     """The worker's main process announces a warm or cold shutdown to its children."""
     global _announced_by
     _announced_by = os.getpid()
-    _SHARED[:_LAYOUT.size] = _LAYOUT.pack(1.0, _shared()[1])
+    _SHARED[: _LAYOUT.size] = _LAYOUT.pack(1.0, _shared()[1])
 
 
 def _share(seconds: float) -> float:
@@ -72,7 +72,7 @@ def _share(seconds: float) -> float:
 def _record_spent(seconds: float) -> None:
     announced, spent = _shared()
     if announced and _announced_by != os.getpid() and seconds > spent:
-        _SHARED[:_LAYOUT.size] = _LAYOUT.pack(1.0, seconds)
+        _SHARED[: _LAYOUT.size] = _LAYOUT.pack(1.0, seconds)
 
 
 class Budget:
@@ -127,8 +127,12 @@ def count_items(batch: Any) -> int:
     """Spans or log records in a batch; data points in a ``MetricsData``."""
     resource_metrics = getattr(batch, "resource_metrics", None)
     if resource_metrics is not None:
-        return sum(len(getattr(metric.data, "data_points", ()))
-                   for rm in resource_metrics for sm in rm.scope_metrics for metric in sm.metrics)
+        return sum(
+            len(getattr(metric.data, "data_points", ()))
+            for rm in resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+        )
     try:
         return len(batch)
     except TypeError:
@@ -169,8 +173,7 @@ def call_within_budget(call: Callable[[], Any], name: str, give_up: Callable[[],
     if BUDGET.expired():
         return outcome
     done = in_thread(lambda: outcome.append(call()), name)
-    while not done.wait(POLL_SECONDS if BUDGET.deadline is None else
-                        max(0.0, BUDGET.deadline - time.monotonic())):
+    while not done.wait(POLL_SECONDS if BUDGET.deadline is None else max(0.0, BUDGET.deadline - time.monotonic())):
         if BUDGET.expired():
             give_up()
             break
@@ -191,12 +194,16 @@ def report(endpoint: str, unfinished: list[str]) -> str | None:
     if not dropped and not unfinished:
         return None
     took = time.monotonic() - BUDGET.started
-    what = ", ".join(f"{n} {SIGNALS.get(signal, signal)}{'' if n == 1 else 's'}"
-                     for signal, n in dropped.items()) or "nothing counted"
+    what = (
+        ", ".join(f"{n} {SIGNALS.get(signal, signal)}{'' if n == 1 else 's'}" for signal, n in dropped.items())
+        or "nothing counted"
+    )
     allowed = (BUDGET.deadline or BUDGET.started) - BUDGET.started
     share = "" if allowed >= BUDGET.seconds else f", {allowed:.1f} s of it left by the worker's children"
-    line = (f"otel-agensium: final flush stopped after {took:.1f} s (AGENSIUM_SHUTDOWN_TIMEOUT="
-            f"{BUDGET.seconds:g} s{share}): dropped {what} that could not be sent to {endpoint}")
+    line = (
+        f"otel-agensium: final flush stopped after {took:.1f} s (AGENSIUM_SHUTDOWN_TIMEOUT="
+        f"{BUDGET.seconds:g} s{share}): dropped {what} that could not be sent to {endpoint}"
+    )
     if unfinished:
         line += f" ({', '.join(unfinished)} still busy, left behind)"
     _log.warning(line)

@@ -86,6 +86,7 @@ async def _flush_at_shutdown(app: Any, scope: dict, receive: Any, send: Any) -> 
     flush happens here, in a thread (the event loop stays free), bounded by
     ``AGENSIUM_SHUTDOWN_TIMEOUT``.
     """
+
     async def send_after_flush(message: dict) -> None:
         if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
             from .bootstrap import current
@@ -123,14 +124,22 @@ class LeanASGIMiddleware:
             headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
             # Only a request that carries one of the propagator's fields can have a parent.
             fields = _propagation_fields()
-            parent = (propagate.extract(headers, getter=_GETTER)
-                      if any(name in fields for name, _ in headers) else context.Context())
-            span = self.tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes={
-                "http.request.method": method,
-                "url.scheme": scope.get("scheme", "http"),
-                "url.path": scope.get("path", ""),
-                "network.protocol.version": scope.get("http_version", "1.1"),
-            })
+            parent = (
+                propagate.extract(headers, getter=_GETTER)
+                if any(name in fields for name, _ in headers)
+                else context.Context()
+            )
+            span = self.tracer.start_span(
+                method,
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={
+                    "http.request.method": method,
+                    "url.scheme": scope.get("scheme", "http"),
+                    "url.path": scope.get("path", ""),
+                    "network.protocol.version": scope.get("http_version", "1.1"),
+                },
+            )
             token = context.attach(trace.set_span_in_context(span, parent))
         status = [500]
 
@@ -169,8 +178,12 @@ class LeanASGIMiddleware:
                 key = (method, route, code, scheme)
                 attrs = self._attrs.get(key)
                 if attrs is None:
-                    attrs = {"http.request.method": method, "http.route": route,
-                             "http.response.status_code": code, "url.scheme": scheme}
+                    attrs = {
+                        "http.request.method": method,
+                        "http.route": route,
+                        "http.response.status_code": code,
+                        "url.scheme": scheme,
+                    }
                     if len(self._attrs) < 2000:  # bounded: routes are templates, not raw paths
                         self._attrs[key] = attrs
                 self.duration.record(seconds, attrs)
@@ -232,7 +245,9 @@ class FastAPIIntegration(Integration):
             self._tracer = self.tracer_provider.get_tracer("otel_agensium.web", __version__)
         if self.meter_provider is not None:
             self._duration = self.meter_provider.get_meter("otel_agensium.web", __version__).create_histogram(
-                "http.server.request.duration", unit="s", description="Duration of HTTP server requests.",
+                "http.server.request.duration",
+                unit="s",
+                description="Duration of HTTP server requests.",
                 explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
             )
         self._excluded = get_excluded_urls("FASTAPI")

@@ -58,8 +58,9 @@ def shipped_configs() -> list[tuple[Path, str]]:
     return found
 
 
-def validate(config: Path, sets: Sequence[str] = (), *, extra_configs: Sequence[Path] = (),
-             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+def validate(
+    config: Path, sets: Sequence[str] = (), *, extra_configs: Sequence[Path] = (), env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``otelcol-agensium validate`` on ``config`` (and ``extra_configs`` merged over it): exit status and output."""
     configs = [f"--config={c}" for c in (config, *extra_configs)]
     args = [collector_binary(), "validate", *configs, *(f"--set={s}" for s in sets)]
@@ -70,9 +71,15 @@ def validate(config: Path, sets: Sequence[str] = (), *, extra_configs: Sequence[
 class Collector:
     """One Collector process; ``sets`` are ``--set key::path=value`` overrides of ``config``."""
 
-    def __init__(self, config: Path = SHIPPED_CONFIG, sets: Mapping[str, str] | None = None,
-                 env: Mapping[str, str] | None = None, name: str = "collector",
-                 extra_configs: Sequence[Path] = (), prefix: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        config: Path = SHIPPED_CONFIG,
+        sets: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str = "collector",
+        extra_configs: Sequence[Path] = (),
+        prefix: Sequence[str] = (),
+    ) -> None:
         """``extra_configs`` are merged over ``config`` (later files win, lists replace lists);
         ``prefix`` runs the binary under a wrapper command (e.g. a private mount namespace)."""
         self.config = config
@@ -116,19 +123,22 @@ class AgensiumCollector(Collector):
     the same across stop() and start(), so a restarted Collector is the same endpoint.
     """
 
-    def __init__(self, tempo: str, loki: str, sets: Mapping[str, str] | None = None,
-                 name: str = "collector") -> None:
+    def __init__(self, tempo: str, loki: str, sets: Mapping[str, str] | None = None, name: str = "collector") -> None:
         self.otlp_grpc_port, self.otlp_http_port = free_port(), free_port()
         self.prometheus_port, self.telemetry_port = free_port(), free_port()
-        super().__init__(SHIPPED_CONFIG, name=name, sets={
-            "receivers::otlp::protocols::grpc::endpoint": f"127.0.0.1:{self.otlp_grpc_port}",
-            "receivers::otlp::protocols::http::endpoint": f"127.0.0.1:{self.otlp_http_port}",
-            "exporters::prometheus::endpoint": f"127.0.0.1:{self.prometheus_port}",
-            "exporters::otlp_grpc/tempo::endpoint": tempo,
-            "exporters::otlp_http/loki::endpoint": loki,
-            "service::telemetry::metrics::readers": _telemetry_reader(self.telemetry_port),
-            **(sets or {}),
-        })
+        super().__init__(
+            SHIPPED_CONFIG,
+            name=name,
+            sets={
+                "receivers::otlp::protocols::grpc::endpoint": f"127.0.0.1:{self.otlp_grpc_port}",
+                "receivers::otlp::protocols::http::endpoint": f"127.0.0.1:{self.otlp_http_port}",
+                "exporters::prometheus::endpoint": f"127.0.0.1:{self.prometheus_port}",
+                "exporters::otlp_grpc/tempo::endpoint": tempo,
+                "exporters::otlp_http/loki::endpoint": loki,
+                "service::telemetry::metrics::readers": _telemetry_reader(self.telemetry_port),
+                **(sets or {}),
+            },
+        )
 
     @property
     def otlp_endpoint(self) -> str:
@@ -142,8 +152,14 @@ class AgensiumCollector(Collector):
         jobs = []
         for job in shipped:
             if job["job_name"] in targets:
-                jobs.append({**job, "scrape_interval": "1s", "scrape_timeout": "1s",
-                             "static_configs": [{"targets": [f"127.0.0.1:{targets[job['job_name']]}"]}]})
+                jobs.append(
+                    {
+                        **job,
+                        "scrape_interval": "1s",
+                        "scrape_timeout": "1s",
+                        "static_configs": [{"targets": [f"127.0.0.1:{targets[job['job_name']]}"]}],
+                    }
+                )
         assert len(jobs) == 2, f"prometheus.yml lost a Collector job: {[j['job_name'] for j in shipped]}"
         return jobs
 
@@ -157,10 +173,14 @@ class TempoStandIn(Collector):
 
     def __init__(self, sink: str, name: str = "tempo stand-in") -> None:
         self.port = free_port()
-        super().__init__(TEMPO_STANDIN, name=name, sets={
-            "receivers::otlp::protocols::grpc::endpoint": f"127.0.0.1:{self.port}",
-            "exporters::otlp_http/sink::endpoint": sink,
-        })
+        super().__init__(
+            TEMPO_STANDIN,
+            name=name,
+            sets={
+                "receivers::otlp::protocols::grpc::endpoint": f"127.0.0.1:{self.port}",
+                "exporters::otlp_http/sink::endpoint": sink,
+            },
+        )
 
     @property
     def endpoint(self) -> str:
@@ -174,5 +194,6 @@ def own_metric(collector: AgensiumCollector, name: str) -> float:
     text = httpx.get(f"http://127.0.0.1:{collector.telemetry_port}/metrics", timeout=5).text
     # Plain text exposition: `name{labels} value` or `name value` (the parser in prometheus_client
     # would rename counters that lack the `_total` suffix, which 0.161's own metrics do).
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith((f"{name}{{", f"{name} ")))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((f"{name}{{", f"{name} "))
+    )

@@ -86,20 +86,28 @@ class Receiver:
                 resource = attrs(rs.resource.attributes)
                 for ss in rs.scope_spans:
                     for span in ss.spans:
-                        out.append({
-                            "name": span.name,
-                            "trace_id": span.trace_id.hex(),
-                            "span_id": span.span_id.hex(),
-                            "parent_span_id": span.parent_span_id.hex(),
-                            "kind": span.kind,
-                            "attributes": attrs(span.attributes),
-                            "resource": resource,
-                            "scope": ss.scope.name,
-                            "links": [{"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(),
-                                       "attributes": attrs(link.attributes)} for link in span.links],
-                            "status": (span.status.code, span.status.message),
-                            "events": [(e.name, attrs(e.attributes)) for e in span.events],
-                        })
+                        out.append(
+                            {
+                                "name": span.name,
+                                "trace_id": span.trace_id.hex(),
+                                "span_id": span.span_id.hex(),
+                                "parent_span_id": span.parent_span_id.hex(),
+                                "kind": span.kind,
+                                "attributes": attrs(span.attributes),
+                                "resource": resource,
+                                "scope": ss.scope.name,
+                                "links": [
+                                    {
+                                        "trace_id": link.trace_id.hex(),
+                                        "span_id": link.span_id.hex(),
+                                        "attributes": attrs(link.attributes),
+                                    }
+                                    for link in span.links
+                                ],
+                                "status": (span.status.code, span.status.message),
+                                "events": [(e.name, attrs(e.attributes)) for e in span.events],
+                            }
+                        )
         return out
 
     def log_records(self) -> list[dict[str, Any]]:
@@ -111,14 +119,16 @@ class Receiver:
                 resource = attrs(rl.resource.attributes)
                 for sl in rl.scope_logs:
                     for rec in sl.log_records:
-                        out.append({
-                            "body": _value(rec.body),
-                            "trace_id": rec.trace_id.hex(),
-                            "span_id": rec.span_id.hex(),
-                            "severity": rec.severity_text,
-                            "attributes": attrs(rec.attributes),
-                            "resource": resource,
-                        })
+                        out.append(
+                            {
+                                "body": _value(rec.body),
+                                "trace_id": rec.trace_id.hex(),
+                                "span_id": rec.span_id.hex(),
+                                "severity": rec.severity_text,
+                                "attributes": attrs(rec.attributes),
+                                "resource": resource,
+                            }
+                        )
         return out
 
     def points(self, name: str) -> dict[tuple, dict[str, Any]]:
@@ -140,8 +150,12 @@ class Receiver:
                             prev = latest.get(key)
                             if prev is None or dp.time_unix_nano >= prev["time"]:
                                 latest[key] = {
-                                    "time": dp.time_unix_nano, "attributes": a, "resource": resource,
-                                    "kind": kind, "unit": metric.unit, "dp": dp,
+                                    "time": dp.time_unix_nano,
+                                    "attributes": a,
+                                    "resource": resource,
+                                    "kind": kind,
+                                    "unit": metric.unit,
+                                    "dp": dp,
                                 }
         return latest
 
@@ -150,8 +164,11 @@ class Receiver:
         sums: dict[tuple, float] = {}
         for point in self.points(name).values():
             dp = point["dp"]
-            value = dp.count if point["kind"] == "histogram" else (
-                dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int)
+            value = (
+                dp.count
+                if point["kind"] == "histogram"
+                else (dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int)
+            )
             key = tuple(sorted(point["attributes"].items()))
             sums[key] = sums.get(key, 0) + value
         return sums

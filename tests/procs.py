@@ -66,8 +66,14 @@ class Proc:
         self.name = name
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            args, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+            args,
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -137,8 +143,7 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no"]
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = Proc(args, name="redis-server")
@@ -159,13 +164,37 @@ class RedisServer:
             self.proc = None
 
 
-def celery_worker(app: str, broker: str, otlp: str, queues: str, *, name: str, concurrency: int = 2,
-                  pool: str = "prefork", env: dict[str, str] | None = None,
-                  extra_args: list[str] | None = None) -> Proc:
+def celery_worker(
+    app: str,
+    broker: str,
+    otlp: str,
+    queues: str,
+    *,
+    name: str,
+    concurrency: int = 2,
+    pool: str = "prefork",
+    env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+) -> Proc:
     args = [
-        str(BIN / "opentelemetry-instrument"), str(BIN / "celery"), "-A", app, "worker",
-        "--pool", pool, "--concurrency", str(concurrency), "-Q", queues, "-n", f"{name}@%h",
-        "--without-gossip", "--without-mingle", "--loglevel", "INFO", *(extra_args or []),
+        str(BIN / "opentelemetry-instrument"),
+        str(BIN / "celery"),
+        "-A",
+        app,
+        "worker",
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "-Q",
+        queues,
+        "-n",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "INFO",
+        *(extra_args or []),
     ]
     worker_env = {
         "TEST_BROKER_URL": broker,

@@ -56,7 +56,7 @@ def _expected(qa: str, qb: str, qc: str) -> dict[str, dict]:
 def _collect(reader: InMemoryMetricReader) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     data = reader.get_metrics_data()
-    for rm in (data.resource_metrics if data else []):
+    for rm in data.resource_metrics if data else []:
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
                 for dp in metric.data.data_points:
@@ -66,18 +66,33 @@ def _collect(reader: InMemoryMetricReader) -> dict[str, dict[str, float]]:
 
 def _monitor_once(broker_url: str, queues: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TEST_BROKER_URL": broker_url}
-    result = subprocess.run([sys.executable, "-m", "otel_agensium.cli", "monitor", "-A", APP, "--once",
-                             "--queues", ",".join(queues)], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_agensium.cli", "monitor", "-A", APP, "--once", "--queues", ",".join(queues)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _doctor_eta(broker_url: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TEST_BROKER_URL": broker_url,
-           "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
-    result = subprocess.run([sys.executable, "-m", "otel_agensium.cli", "doctor", "-A", APP, "--json"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TEST_BROKER_URL": broker_url,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_agensium.cli", "doctor", "-A", APP, "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     return {c["check"]: c for c in json.loads(result.stdout)}["eta"]
 
@@ -87,13 +102,29 @@ def test_backlog_figures_equal_what_was_enqueued_reserved_and_scheduled(broker, 
     qa, qb, qc = f"bla-{tag}", f"blb-{tag}", f"blc-{tag}"
     expected = _expected(qa, qb, qc)
     env = {"AGENSIUM_LOGS": "false"}
-    worker_a = celery_worker(APP, broker.url, receiver.endpoint, qa, name=f"bla{tag}", concurrency=2,
-                             env=env, extra_args=["--prefetch-multiplier", "3"])
+    worker_a = celery_worker(
+        APP,
+        broker.url,
+        receiver.endpoint,
+        qa,
+        name=f"bla{tag}",
+        concurrency=2,
+        env=env,
+        extra_args=["--prefetch-multiplier", "3"],
+    )
     worker_b = None
     provider = None
     try:
-        worker_b = celery_worker(APP, broker.url, receiver.endpoint, qb, name=f"blb{tag}", concurrency=1,
-                                 env=env, extra_args=["--prefetch-multiplier", "1"])
+        worker_b = celery_worker(
+            APP,
+            broker.url,
+            receiver.endpoint,
+            qb,
+            name=f"blb{tag}",
+            concurrency=1,
+            env=env,
+            extra_args=["--prefetch-multiplier", "1"],
+        )
         app = Celery(f"bl-{tag}", broker=broker.url, set_as_current=False)
         # ETA tasks first: sent after a full prefetch they would wait in the list like any other message.
         for _ in range(3):
@@ -119,13 +150,17 @@ def test_backlog_figures_equal_what_was_enqueued_reserved_and_scheduled(broker, 
 
         def figures() -> dict[str, dict]:
             got = _collect(reader)
-            return {queue: {"waiting": got["celery_queue_length"].get(queue),
-                            "unacked": got["celery_queue_unacked"].get(queue),
-                            "eta_held": got["celery_queue_eta_held"].get(queue),
-                            "backlog": got["celery_queue_backlog"].get(queue),
-                            "concurrency": got["celery_queue_consumer_concurrency"].get(queue),
-                            "load": got.get("celery_queue_load", {}).get(queue)}
-                    for queue in (qa, qb, qc)}
+            return {
+                queue: {
+                    "waiting": got["celery_queue_length"].get(queue),
+                    "unacked": got["celery_queue_unacked"].get(queue),
+                    "eta_held": got["celery_queue_eta_held"].get(queue),
+                    "backlog": got["celery_queue_backlog"].get(queue),
+                    "concurrency": got["celery_queue_consumer_concurrency"].get(queue),
+                    "load": got.get("celery_queue_load", {}).get(queue),
+                }
+                for queue in (qa, qb, qc)
+            }
 
         # The workers settle within a second or two (prefetch, ETA timers): then every figure is exact.
         last: list[dict] = []
@@ -141,8 +176,11 @@ def test_backlog_figures_equal_what_was_enqueued_reserved_and_scheduled(broker, 
         # Per worker: the ETA tasks each holds, from the worker itself.
         def held() -> dict[str, int]:
             points = receiver.points("celery_worker_eta_tasks").values()
-            return {p["attributes"]["queue"]: p["dp"].as_int for p in points
-                    if p["attributes"]["worker"].startswith(f"bl{p['attributes']['queue'][2]}{tag}@")}
+            return {
+                p["attributes"]["queue"]: p["dp"].as_int
+                for p in points
+                if p["attributes"]["worker"].startswith(f"bl{p['attributes']['queue'][2]}{tag}@")
+            }
 
         wait_for(lambda: held() == {qa: 3, qb: 2}, timeout=15)
 
@@ -186,12 +224,17 @@ def test_eta_verdict_names_held_tasks_and_beat_countdowns():
 
     from otel_agensium.doctor.eta import _beat_countdowns, eta_verdict
 
-    assert eta_verdict(3600, 4, [], []) == ("ok", "4 tasks held for an ETA/countdown, none further ahead than "
-                                                  "visibility_timeout=3600 s", None)
+    assert eta_verdict(3600, 4, [], []) == (
+        "ok",
+        "4 tasks held for an ETA/countdown, none further ahead than visibility_timeout=3600 s",
+        None,
+    )
     verdict, detail, fix = eta_verdict(3600, 2, [("q", "t.far", 7200.4)], [])
     assert verdict == "warn" and "1 task held with an ETA up to 7200 s after delivery" in detail
     assert "(t.far on q)" in detail and "visibility_timeout" in fix
     app = Celery("eta-verdict", set_as_current=False)
-    app.conf.beat_schedule = {"far": {"task": "t", "schedule": 60, "options": {"countdown": 5000}},
-                              "near": {"task": "t", "schedule": 60, "options": {"countdown": 60}}}
+    app.conf.beat_schedule = {
+        "far": {"task": "t", "schedule": 60, "options": {"countdown": 5000}},
+        "near": {"task": "t", "schedule": 60, "options": {"countdown": 60}},
+    }
     assert _beat_countdowns(app, 3600) == ["beat entry far (countdown 5000 s)"]

@@ -32,8 +32,17 @@ def _beat(broker: str, queue: str, port: int, schedule_file: str) -> Proc:
         "OTEL_PYTHON_DISTRO": "agensium",
         "OTEL_PYTHON_CONFIGURATOR": "agensium",
     }
-    args = [str(BIN / "opentelemetry-instrument"), str(BIN / "celery"), "-A", APP, "beat", "-s", schedule_file,
-            "--loglevel", "INFO"]
+    args = [
+        str(BIN / "opentelemetry-instrument"),
+        str(BIN / "celery"),
+        "-A",
+        APP,
+        "beat",
+        "-s",
+        schedule_file,
+        "--loglevel",
+        "INFO",
+    ]
     return Proc(args, env=env, name="celery beat")
 
 
@@ -58,10 +67,22 @@ def _messages(client: redis.Redis, queue: str) -> list[dict]:
 
 
 def _doctor(broker: str, queue: str, tolerance: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TEST_BROKER_URL": broker, "TEST_BEAT_QUEUE": queue,
-           "AGENSIUM_BEAT_TOLERANCE": tolerance, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
-    result = subprocess.run([sys.executable, "-m", "otel_agensium.cli", "doctor", "-A", APP, "--json",
-                             "--timeout", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TEST_BROKER_URL": broker,
+        "TEST_BEAT_QUEUE": queue,
+        "AGENSIUM_BEAT_TOLERANCE": tolerance,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_agensium.cli", "doctor", "-A", APP, "--json", "--timeout", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     return {c["check"]: c for c in json.loads(result.stdout)}
 
@@ -73,8 +94,13 @@ def test_beat_sends_due_times_lag_and_counts_are_exact(redis_server, tmp_path):
     beat = _beat(redis_server.url, queue, port, str(tmp_path / "schedule"))
     try:
         beat.wait_for_line("beat: Starting", timeout=60)
-        wait_for(lambda: _scrape(port).get("celery_beat_sends_total", {}).get(
-            (("entry", ENTRY), ("task_name", "t.ok")), 0) >= 4, timeout=30, interval=0.1)
+        wait_for(
+            lambda: (
+                _scrape(port).get("celery_beat_sends_total", {}).get((("entry", ENTRY), ("task_name", "t.ok")), 0) >= 4
+            ),
+            timeout=30,
+            interval=0.1,
+        )
         samples = _scrape(port)
         headers = _messages(client, queue)
         # A send between the scrape and LRANGE is a message newer than the scraped last send.
@@ -91,7 +117,7 @@ def test_beat_sends_due_times_lag_and_counts_are_exact(redis_server, tmp_path):
         lags = [h["agensium_sent_at"] - h["agensium_beat_due_at"] for h in seen]
         assert all(0 <= lag < 2.0 for lag in lags), lags  # generous: the machine may be loaded
         # Run k+1 is due one second after beat reserved run k (just before sending it).
-        for k in range( len(seen) - 1):
+        for k in range(len(seen) - 1):
             reserved = seen[k + 1]["agensium_beat_due_at"] - 1.0
             assert 0 <= seen[k]["agensium_sent_at"] - reserved < 0.5, (k, seen[k], seen[k + 1])
         next_due = _one(samples, "celery_beat_entry_next_due_timestamp_seconds")
@@ -101,8 +127,10 @@ def test_beat_sends_due_times_lag_and_counts_are_exact(redis_server, tmp_path):
         assert (("entry", "hourly"), ("task_name", "t.ok")) not in samples.get("celery_beat_sends_total", {})
         tick = samples["celery_beat_next_tick_timestamp_seconds"][()]
         assert time.time() - 2 < tick <= time.time() + 1.0
-        print(f"\nbeat: {int(sends)} sends of {ENTRY!r} == {len(seen)} messages; lag min/max "
-              f"{min(lags) * 1000:.2f}/{max(lags) * 1000:.2f} ms")
+        print(
+            f"\nbeat: {int(sends)} sends of {ENTRY!r} == {len(seen)} messages; lag min/max "
+            f"{min(lags) * 1000:.2f}/{max(lags) * 1000:.2f} ms"
+        )
 
         report = _doctor(redis_server.url, queue, "1")["beat"]
         assert report["verdict"] == "ok", report
@@ -123,8 +151,11 @@ def test_beat_sends_due_times_lag_and_counts_are_exact(redis_server, tmp_path):
 def test_beat_verdicts():
     now = 1000.0
     schedule = {"a": {}, "b": {}}
-    alive = {BEAT_FIELD: {"next_tick": now + 1}, "a": {"next_due": now + 5, "sends": 3, "lag": 0.001},
-             "b": {"next_due": now - 30, "sends": 0}}
+    alive = {
+        BEAT_FIELD: {"next_tick": now + 1},
+        "a": {"next_due": now + 5, "sends": 3, "lag": 0.001},
+        "b": {"next_due": now - 30, "sends": 0},
+    }
     assert beat_verdict({}, {}, 60, now)[0] == "skipped"
     assert beat_verdict(schedule, {}, 60, now)[0] == "warn"
     verdict, detail, _, _ = beat_verdict(schedule, alive, 60, now)
@@ -163,8 +194,14 @@ print(json.dumps({"sends": state.sends, "errors": state.errors, "last_sent": sta
 def test_a_scheduler_driven_by_the_app_itself(redis_server):
     queue = f"beat-custom-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", CUSTOM_SCHEDULER, redis_server.url, queue], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", CUSTOM_SCHEDULER, redis_server.url, queue],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     client = redis.Redis.from_url(redis_server.url)

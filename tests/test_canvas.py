@@ -21,8 +21,15 @@ APP = "tests.apps.canvas_app"
 @pytest.fixture(scope="module")
 def canvas(redis_server, receiver):
     queue = f"canvas-{uuid.uuid4().hex[:6]}"
-    worker = celery_worker(APP, redis_server.url, receiver.endpoint, queue, name=f"cv{queue[-6:]}", concurrency=3,
-                           env={"TEST_QUEUE": queue, "AGENSIUM_LOGS": "false"})
+    worker = celery_worker(
+        APP,
+        redis_server.url,
+        receiver.endpoint,
+        queue,
+        name=f"cv{queue[-6:]}",
+        concurrency=3,
+        env={"TEST_QUEUE": queue, "AGENSIUM_LOGS": "false"},
+    )
     app = Celery(f"canvas-client-{queue}", broker=redis_server.url, set_as_current=False)
     try:
         yield app, queue
@@ -36,8 +43,9 @@ def _workflow(receiver, app: Celery, queue: str, kind: str, runs: int) -> tuple[
 
     def spans() -> tuple[dict, list[dict]] | None:
         everything = receiver.spans()
-        roots = [s for s in everything if s["name"] == "run/c.start"
-                 and s["attributes"].get("celery.task_id") == start_id]
+        roots = [
+            s for s in everything if s["name"] == "run/c.start" and s["attributes"].get("celery.task_id") == start_id
+        ]
         if not roots:
             return None
         trace_spans = [s for s in everything if s["trace_id"] == roots[0]["trace_id"]]
@@ -105,5 +113,7 @@ def test_chord_callback_links_every_header_task(canvas, receiver):
     assert {a["celery.task_id"] for a in links.values()} == {r["attributes"]["celery.task_id"] for r in header}
     assert {a["celery.task_name"] for a in links.values()} == {"c.slow"}
     assert callback["attributes"]["celery.chord_group_id"] == header[0]["attributes"]["celery.group_id"]
-    print(f"\nchord: callback {callback['span_id'][:6]} child of {publisher['span_id'][:6]}, "
-          f"links {sorted(span[:6] for _, span in links)}")
+    print(
+        f"\nchord: callback {callback['span_id'][:6]} child of {publisher['span_id'][:6]}, "
+        f"links {sorted(span[:6] for _, span in links)}"
+    )

@@ -21,10 +21,18 @@ STATUS_ERROR = 2
 
 
 def publish(broker: str, endpoint: str, queue: str, mode: str) -> dict[str, str]:
-    proc = Proc([str(BIN / "python"), "-m", "tests.apps.publisher", queue], name=f"publisher {mode}", env={
-        "TEST_BROKER_URL": broker, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": f"pub-{mode}",
-        "AGENSIUM_CELERY_INSTRUMENTATION": mode, "AGENSIUM_LOG_STDOUT": "false", "OTEL_BSP_SCHEDULE_DELAY": "100",
-    })
+    proc = Proc(
+        [str(BIN / "python"), "-m", "tests.apps.publisher", queue],
+        name=f"publisher {mode}",
+        env={
+            "TEST_BROKER_URL": broker,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_SERVICE_NAME": f"pub-{mode}",
+            "AGENSIUM_CELERY_INSTRUMENTATION": mode,
+            "AGENSIUM_LOG_STDOUT": "false",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        },
+    )
     try:
         assert proc.proc.wait(90) == 0, proc.output
     finally:
@@ -38,9 +46,14 @@ def runs(redis_server, receiver):
     out = {}
     for worker_mode, publisher_mode in (("lean", "contrib"), ("contrib", "lean")):
         queue = f"tracing-{worker_mode}"
-        worker = celery_worker("tests.apps.tasks_app", redis_server.url, receiver.endpoint, queue,
-                               name=f"tracing-{worker_mode}",
-                               env={"AGENSIUM_CELERY_INSTRUMENTATION": worker_mode})
+        worker = celery_worker(
+            "tests.apps.tasks_app",
+            redis_server.url,
+            receiver.endpoint,
+            queue,
+            name=f"tracing-{worker_mode}",
+            env={"AGENSIUM_CELERY_INSTRUMENTATION": worker_mode},
+        )
         try:
             ids = publish(redis_server.url, receiver.endpoint, queue, publisher_mode)
 
@@ -61,9 +74,13 @@ def _one(spans, name, **attrs):
     return found[0]
 
 
-@pytest.mark.parametrize("worker_mode,publisher_scope,worker_scope", [
-    ("lean", CONTRIB_SCOPE, LEAN_SCOPE), ("contrib", LEAN_SCOPE, CONTRIB_SCOPE),
-])
+@pytest.mark.parametrize(
+    "worker_mode,publisher_scope,worker_scope",
+    [
+        ("lean", CONTRIB_SCOPE, LEAN_SCOPE),
+        ("contrib", LEAN_SCOPE, CONTRIB_SCOPE),
+    ],
+)
 def test_publisher_and_worker_in_different_modes_join_one_trace(runs, worker_mode, publisher_scope, worker_scope):
     ids, spans = runs[worker_mode]
     client = _one(spans, "client")
@@ -80,8 +97,11 @@ def test_publisher_and_worker_in_different_modes_join_one_trace(runs, worker_mod
     assert run["resource"]["service.name"] == f"worker-tracing-{worker_mode}"
     # publish spans of the three tasks, each the parent of its first run
     for task in ("fail", "retry"):
-        parent = _one(spans, f"apply_async/t.{task}", **{"celery.task_id": ids[task]}
-                      if publisher_scope == LEAN_SCOPE else {"messaging.message.id": ids[task]})
+        parent = _one(
+            spans,
+            f"apply_async/t.{task}",
+            **{"celery.task_id": ids[task]} if publisher_scope == LEAN_SCOPE else {"messaging.message.id": ids[task]},
+        )
         first_run = [s for s in spans if s["name"] == f"run/t.{task}" and s["parent_span_id"] == parent["span_id"]]
         assert len(first_run) == 1
 
@@ -90,16 +110,22 @@ def test_lean_spans_carry_the_messaging_conventions_and_nothing_more(runs):
     ids, spans = runs["lean"]
     run = _one(spans, "run/t.incr")
     assert run["attributes"] == {
-        "celery.task_id": ids["incr"], "celery.task_name": "t.incr",
-        "messaging.system": "celery", "messaging.operation.type": "process", "messaging.operation.name": "run",
+        "celery.task_id": ids["incr"],
+        "celery.task_name": "t.incr",
+        "messaging.system": "celery",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "run",
         "messaging.destination.name": "tracing-lean",
         "celery.root_id": ids["incr"],  # canvas.py: the workflow's first task (here the task itself)
     }
     ids, spans = runs["contrib"]  # the lean publisher's side
     publish = _one(spans, "apply_async/t.incr")
     assert publish["attributes"] == {
-        "celery.task_id": ids["incr"], "celery.task_name": "t.incr",
-        "messaging.system": "celery", "messaging.operation.type": "send", "messaging.operation.name": "apply_async",
+        "celery.task_id": ids["incr"],
+        "celery.task_name": "t.incr",
+        "messaging.system": "celery",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "apply_async",
         "messaging.destination.name": "tracing-contrib",
     }
     # the publish span is current while the message is sent: kombu's LPUSH is not traced under it
@@ -140,6 +166,9 @@ def test_the_tasks_redis_call_is_a_lean_client_span(runs, redis_server):
     assert redis_call["scope"] == "otel_agensium.redis"
     assert redis_call["kind"] == 3  # CLIENT
     assert redis_call["attributes"] == {
-        "db.system.name": "redis", "db.operation.name": "INCRBY", "db.namespace": "0",
-        "server.address": "127.0.0.1", "server.port": redis_server.port,
+        "db.system.name": "redis",
+        "db.operation.name": "INCRBY",
+        "db.namespace": "0",
+        "server.address": "127.0.0.1",
+        "server.port": redis_server.port,
     }

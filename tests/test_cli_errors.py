@@ -64,19 +64,37 @@ def _cases(u: dict[str, str]) -> list[Case]:
         Case("demo-empty-tasks", ["demo", "--tasks", ""], USAGE, "got ''"),
         Case("demo-empty-broker", ["demo", "--broker", ""], USAGE, "--broker: empty"),
         Case("demo-unknown-transport", ["demo", "--broker", "nonsense://x"], USAGE, "unknown transport 'nonsense'"),
-        Case("demo-bad-port", ["demo", "--broker", f"redis://:{WRONG}@127.0.0.1:notaport/0"], USAGE,
-             "could not be cast to integer"),
+        Case(
+            "demo-bad-port",
+            ["demo", "--broker", f"redis://:{WRONG}@127.0.0.1:notaport/0"],
+            USAGE,
+            "could not be cast to integer",
+        ),
         Case("demo-not-a-url", ["demo", "--broker", "localhost"], USAGE, "is not a URL"),
-        Case("monitor-empty-queues", ["monitor", "--queues", " , ", "--once"], USAGE,
-             "--queues: expected comma-separated queue names"),
+        Case(
+            "monitor-empty-queues",
+            ["monitor", "--queues", " , ", "--once"],
+            USAGE,
+            "--queues: expected comma-separated queue names",
+        ),
         Case("monitor-empty-app", ["monitor", "-A", "", "--once"], USAGE, "-A/--app: expected a module"),
         Case("monitor-empty-broker", ["monitor", "--broker", "", "--once"], USAGE, "--broker: empty"),
-        Case("monitor-unknown-transport", ["monitor", "--broker", "http://x", "--once"], USAGE,
-             "unknown transport 'http'"),
-        Case("monitor-nothing-to-watch", ["monitor", "--once"], USAGE, "give -A/--app or --broker",
-             env={"AGENSIUM_BROKER_URL": ""}),
-        Case("doctor-negative-timeout", ["doctor", "--timeout", "-1"], USAGE,
-             "--timeout: expected a number of seconds"),
+        Case(
+            "monitor-unknown-transport",
+            ["monitor", "--broker", "http://x", "--once"],
+            USAGE,
+            "unknown transport 'http'",
+        ),
+        Case(
+            "monitor-nothing-to-watch",
+            ["monitor", "--once"],
+            USAGE,
+            "give -A/--app or --broker",
+            env={"AGENSIUM_BROKER_URL": ""},
+        ),
+        Case(
+            "doctor-negative-timeout", ["doctor", "--timeout", "-1"], USAGE, "--timeout: expected a number of seconds"
+        ),
         Case("doctor-nan-timeout", ["doctor", "--timeout", "nan"], USAGE, "got 'nan'"),
         Case("doctor-huge-timeout", ["doctor", "--timeout", "1e9"], USAGE, "got '1e9'"),
         Case("doctor-empty-timeout", ["doctor", "--timeout", ""], USAGE, "got ''"),
@@ -84,84 +102,213 @@ def _cases(u: dict[str, str]) -> list[Case]:
         Case("doctor-unknown-transport", ["doctor", "--broker", "nonsense://x"], USAGE, "unknown transport"),
         Case("doctor-nothing-to-check", ["doctor"], USAGE, "give -A/--app or --broker"),
         # --- bad configuration: exit 2 (check reports it and exits 1, as documented) ---
-        Case("demo-strict-bad-setting", ["demo"], USAGE, "AGENSIUM_METRICS='maybe' is invalid",
-             env={"AGENSIUM_STRICT": "true", "AGENSIUM_METRICS": "maybe"}),
-        Case("monitor-strict-bad-setting", ["monitor", "--broker", u["refused"], "--once"], USAGE,
-             "AGENSIUM_HEALTH_TIMEOUT='-1' is invalid",
-             env={"AGENSIUM_STRICT": "true", "AGENSIUM_HEALTH_TIMEOUT": "-1"}),
-        Case("demo-strict-log-file-is-a-directory", ["demo"], USAGE, "AGENSIUM_LOG_FILE='/tmp' is invalid",
-             env={"AGENSIUM_STRICT": "true", "AGENSIUM_LOG_FILE": "/tmp"}),
-        Case("check-bad-setting-empty-ones-unset", ["check"], FAILED, "AGENSIUM_MAX_TASK_NAMES='-3' is invalid",
-             env={"AGENSIUM_MAX_TASK_NAMES": "-3", "OTEL_TRACES_SAMPLER": "", "AGENSIUM_BROKER_URL": ""}),
+        Case(
+            "demo-strict-bad-setting",
+            ["demo"],
+            USAGE,
+            "AGENSIUM_METRICS='maybe' is invalid",
+            env={"AGENSIUM_STRICT": "true", "AGENSIUM_METRICS": "maybe"},
+        ),
+        Case(
+            "monitor-strict-bad-setting",
+            ["monitor", "--broker", u["refused"], "--once"],
+            USAGE,
+            "AGENSIUM_HEALTH_TIMEOUT='-1' is invalid",
+            env={"AGENSIUM_STRICT": "true", "AGENSIUM_HEALTH_TIMEOUT": "-1"},
+        ),
+        Case(
+            "demo-strict-log-file-is-a-directory",
+            ["demo"],
+            USAGE,
+            "AGENSIUM_LOG_FILE='/tmp' is invalid",
+            env={"AGENSIUM_STRICT": "true", "AGENSIUM_LOG_FILE": "/tmp"},
+        ),
+        Case(
+            "check-bad-setting-empty-ones-unset",
+            ["check"],
+            FAILED,
+            "AGENSIUM_MAX_TASK_NAMES='-3' is invalid",
+            env={"AGENSIUM_MAX_TASK_NAMES": "-3", "OTEL_TRACES_SAMPLER": "", "AGENSIUM_BROKER_URL": ""},
+        ),
         # --- the app of -A: exit 2, one line (doctor reports it as a failed check: exit 1) ---
-        Case("monitor-app-missing", ["monitor", "-A", "nosuchmod", "--once"], USAGE,
-             "No module named 'nosuchmod'"),
-        Case("monitor-app-no-attribute", ["monitor", "-A", "tests.apps.cli_apps:nope", "--once"], USAGE,
-             "has no attribute 'nope'"),
-        Case("monitor-app-not-an-app", ["monitor", "-A", "tests.apps.cli_apps:not_an_app", "--once"], USAGE,
-             "is not a Celery app but a int"),
-        Case("monitor-app-raises-on-import", ["monitor", "-A", "tests.apps.cli_broken_app"], USAGE,
-             "RuntimeError: the app's own start-up failed"),
-        Case("monitor-app-file-undecodable", ["monitor", "-A", "undecodable_app", "--once"], USAGE,
-             "cannot load the Celery app 'undecodable_app': SyntaxError", cwd=u["apps_dir"]),
-        Case("monitor-app-file-dangling", ["monitor", "-A", "dangling_app", "--once"], USAGE,
-             "cannot load the Celery app 'dangling_app'", cwd=u["apps_dir"]),
-        Case("monitor-app-file-unreadable", ["monitor", "-A", "unreadable_app", "--once"], USAGE,
-             "OSError: [Errno 5] Input/output error Fix: Make", cwd=u["apps_dir"]),
-        Case("monitor-app-unknown-transport", ["monitor", "-A", "tests.apps.cli_apps:bad_transport", "--once"],
-             USAGE, "unknown broker transport 'nonsense'"),
-        Case("doctor-app-missing", ["doctor", "-A", "nosuchmod", "--timeout", "1"], FAILED,
-             "cannot import nosuchmod", max_lines=doctor_lines),
+        Case("monitor-app-missing", ["monitor", "-A", "nosuchmod", "--once"], USAGE, "No module named 'nosuchmod'"),
+        Case(
+            "monitor-app-no-attribute",
+            ["monitor", "-A", "tests.apps.cli_apps:nope", "--once"],
+            USAGE,
+            "has no attribute 'nope'",
+        ),
+        Case(
+            "monitor-app-not-an-app",
+            ["monitor", "-A", "tests.apps.cli_apps:not_an_app", "--once"],
+            USAGE,
+            "is not a Celery app but a int",
+        ),
+        Case(
+            "monitor-app-raises-on-import",
+            ["monitor", "-A", "tests.apps.cli_broken_app"],
+            USAGE,
+            "RuntimeError: the app's own start-up failed",
+        ),
+        Case(
+            "monitor-app-file-undecodable",
+            ["monitor", "-A", "undecodable_app", "--once"],
+            USAGE,
+            "cannot load the Celery app 'undecodable_app': SyntaxError",
+            cwd=u["apps_dir"],
+        ),
+        Case(
+            "monitor-app-file-dangling",
+            ["monitor", "-A", "dangling_app", "--once"],
+            USAGE,
+            "cannot load the Celery app 'dangling_app'",
+            cwd=u["apps_dir"],
+        ),
+        Case(
+            "monitor-app-file-unreadable",
+            ["monitor", "-A", "unreadable_app", "--once"],
+            USAGE,
+            "OSError: [Errno 5] Input/output error Fix: Make",
+            cwd=u["apps_dir"],
+        ),
+        Case(
+            "monitor-app-unknown-transport",
+            ["monitor", "-A", "tests.apps.cli_apps:bad_transport", "--once"],
+            USAGE,
+            "unknown broker transport 'nonsense'",
+        ),
+        Case(
+            "doctor-app-missing",
+            ["doctor", "-A", "nosuchmod", "--timeout", "1"],
+            FAILED,
+            "cannot import nosuchmod",
+            max_lines=doctor_lines,
+        ),
         # --- the broker refuses, rejects the password, is frozen or never answers: exit 1 ---
         Case("demo-refused", ["demo", "--broker", u["refused"]], FAILED, "connection refused"),
         Case("demo-wrong-password", ["demo", "--broker", u["wrong"]], FAILED, "authentication failed"),
         Case("demo-no-password", ["demo", "--broker", u["nopass"]], FAILED, "authentication failed"),
         Case("demo-frozen-redis", ["demo", "--broker", u["frozen"]], FAILED, "no answer within 1 s"),
         Case("demo-silent-redis", ["demo", "--broker", u["silent_redis"]], FAILED, "no answer within 1 s"),
-        Case("demo-unknown-host", ["demo", "--broker", "redis://no-such-host.invalid:6379/0"], FAILED,
-             "host not found"),
+        Case(
+            "demo-unknown-host", ["demo", "--broker", "redis://no-such-host.invalid:6379/0"], FAILED, "host not found"
+        ),
         Case("demo-silent-amqp", ["demo", "--broker", u["silent_amqp"]], FAILED, "no answer within 1 s"),
-        Case("monitor-once-wrong-password", ["monitor", "--broker", u["wrong"], "--once"], FAILED,
-             '"error": "OperationalError: invalid username-password pair'),
-        Case("monitor-once-app-wrong-password", ["monitor", "-A", "tests.apps.cli_apps", "--once"], FAILED,
-             "invalid username-password pair", env={"TEST_BROKER_URL": u["wrong"]}),
-        Case("monitor-once-frozen-redis", ["monitor", "--broker", u["frozen"], "--once"], FAILED,
-             "Timeout reading from socket"),
+        Case(
+            "monitor-once-wrong-password",
+            ["monitor", "--broker", u["wrong"], "--once"],
+            FAILED,
+            '"error": "OperationalError: invalid username-password pair',
+        ),
+        Case(
+            "monitor-once-app-wrong-password",
+            ["monitor", "-A", "tests.apps.cli_apps", "--once"],
+            FAILED,
+            "invalid username-password pair",
+            env={"TEST_BROKER_URL": u["wrong"]},
+        ),
+        Case(
+            "monitor-once-frozen-redis",
+            ["monitor", "--broker", u["frozen"], "--once"],
+            FAILED,
+            "Timeout reading from socket",
+        ),
         Case("monitor-once-silent-amqp", ["monitor", "--broker", u["silent_amqp"], "--once"], FAILED, "timed out"),
-        Case("monitor-once-refused-env-broker", ["monitor", "--once"], FAILED, "Connection refused",
-             env={"AGENSIUM_BROKER_URL": u["refused"]}),
-        Case("doctor-wrong-password", ["doctor", "--broker", u["wrong"]], FAILED, "authentication failed",
-             max_lines=doctor_lines),
-        Case("doctor-frozen-redis", ["doctor", "--broker", u["frozen"]], FAILED, "no answer within 1 s",
-             max_lines=doctor_lines),
-        Case("doctor-silent-amqp", ["doctor", "--broker", u["silent_amqp"]], FAILED, "no answer within 1 s",
-             max_lines=doctor_lines),
+        Case(
+            "monitor-once-refused-env-broker",
+            ["monitor", "--once"],
+            FAILED,
+            "Connection refused",
+            env={"AGENSIUM_BROKER_URL": u["refused"]},
+        ),
+        Case(
+            "doctor-wrong-password",
+            ["doctor", "--broker", u["wrong"]],
+            FAILED,
+            "authentication failed",
+            max_lines=doctor_lines,
+        ),
+        Case(
+            "doctor-frozen-redis",
+            ["doctor", "--broker", u["frozen"]],
+            FAILED,
+            "no answer within 1 s",
+            max_lines=doctor_lines,
+        ),
+        Case(
+            "doctor-silent-amqp",
+            ["doctor", "--broker", u["silent_amqp"]],
+            FAILED,
+            "no answer within 1 s",
+            max_lines=doctor_lines,
+        ),
         Case("demo-otlp-refused", ["demo", "--otlp"], FAILED, "--otlp: http://127.0.0.1:"),
-        Case("demo-otlp-silent", ["demo", "--otlp"], FAILED, "no answer within 1 s",
-             env={"OTEL_EXPORTER_OTLP_ENDPOINT": u["silent_http"]}),
+        Case(
+            "demo-otlp-silent",
+            ["demo", "--otlp"],
+            FAILED,
+            "no answer within 1 s",
+            env={"OTEL_EXPORTER_OTLP_ENDPOINT": u["silent_http"]},
+        ),
         # --- telemetry turned off ---
-        Case("demo-sdk-disabled", ["demo"], OK, "nothing to show: OTEL_SDK_DISABLED=true",
-             env={"OTEL_SDK_DISABLED": "true"}),
-        Case("monitor-sdk-disabled", ["monitor", "--broker", u["good"]], USAGE, "metrics are off",
-             env={"OTEL_SDK_DISABLED": "true"}),
+        Case(
+            "demo-sdk-disabled",
+            ["demo"],
+            OK,
+            "nothing to show: OTEL_SDK_DISABLED=true",
+            env={"OTEL_SDK_DISABLED": "true"},
+        ),
+        Case(
+            "monitor-sdk-disabled",
+            ["monitor", "--broker", u["good"]],
+            USAGE,
+            "metrics are off",
+            env={"OTEL_SDK_DISABLED": "true"},
+        ),
         # --- output that cannot be written ---
         Case("settings-closed-pipe", ["settings"], SIGPIPE_DEATH, "", stdout="closed-pipe", max_lines=0),
         Case("check-closed-pipe", ["check"], SIGPIPE_DEATH, "", stdout="closed-pipe", max_lines=0),
         Case("demo-closed-pipe", ["demo"], SIGPIPE_DEATH, "", stdout="closed-pipe", max_lines=0),
-        Case("monitor-once-closed-pipe", ["monitor", "--broker", u["good"], "--once"], SIGPIPE_DEATH, "",
-             stdout="closed-pipe", max_lines=0),
-        Case("doctor-closed-pipe", ["doctor", "--broker", u["good"]], SIGPIPE_DEATH, "", stdout="closed-pipe",
-             max_lines=0),
-        Case("settings-disk-full", ["settings"], FAILED, "cannot write to standard output: No space left",
-             stdout="full"),
+        Case(
+            "monitor-once-closed-pipe",
+            ["monitor", "--broker", u["good"], "--once"],
+            SIGPIPE_DEATH,
+            "",
+            stdout="closed-pipe",
+            max_lines=0,
+        ),
+        Case(
+            "doctor-closed-pipe",
+            ["doctor", "--broker", u["good"]],
+            SIGPIPE_DEATH,
+            "",
+            stdout="closed-pipe",
+            max_lines=0,
+        ),
+        Case(
+            "settings-disk-full", ["settings"], FAILED, "cannot write to standard output: No space left", stdout="full"
+        ),
         Case("doctor-disk-full", ["doctor", "--broker", u["good"]], FAILED, "No space left", stdout="full"),
-        Case("settings-stdout-closed", ["settings"], FAILED, "cannot write to standard output: it is closed",
-             stdout="closed"),
-        Case("monitor-once-stdout-closed", ["monitor", "--broker", u["good"], "--once"], FAILED, "it is closed",
-             stdout="closed"),
+        Case(
+            "settings-stdout-closed",
+            ["settings"],
+            FAILED,
+            "cannot write to standard output: it is closed",
+            stdout="closed",
+        ),
+        Case(
+            "monitor-once-stdout-closed",
+            ["monitor", "--broker", u["good"], "--once"],
+            FAILED,
+            "it is closed",
+            stdout="closed",
+        ),
     ]
-    network = {"AGENSIUM_HEALTH_TIMEOUT": "1", "AGENSIUM_INSPECT_TIMEOUT": "1", "OTEL_EXPORTER_OTLP_ENDPOINT":
-               u["otlp"]}
+    network = {
+        "AGENSIUM_HEALTH_TIMEOUT": "1",
+        "AGENSIUM_INSPECT_TIMEOUT": "1",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": u["otlp"],
+    }
     for case in cases:
         case.env = {**network, **case.env}
         if case.args[:1] == ["doctor"] and "--broker" in case.args and "--timeout" not in case.args:
@@ -211,10 +358,14 @@ def brokers(tmp_path_factory):
     port = silent.getsockname()[1]
     try:
         yield {
-            "good": good.url, "wrong": f"redis://:{WRONG}@127.0.0.1:{good.port}/0",
-            "nopass": f"redis://127.0.0.1:{good.port}/0", "refused": f"redis://127.0.0.1:{free_port()}/0",
-            "frozen": frozen.url, "silent_redis": f"redis://127.0.0.1:{port}/0",
-            "silent_amqp": f"amqp://guest:{WRONG}@127.0.0.1:{port}//", "silent_http": f"http://127.0.0.1:{port}",
+            "good": good.url,
+            "wrong": f"redis://:{WRONG}@127.0.0.1:{good.port}/0",
+            "nopass": f"redis://127.0.0.1:{good.port}/0",
+            "refused": f"redis://127.0.0.1:{free_port()}/0",
+            "frozen": frozen.url,
+            "silent_redis": f"redis://127.0.0.1:{port}/0",
+            "silent_amqp": f"amqp://guest:{WRONG}@127.0.0.1:{port}//",
+            "silent_http": f"http://127.0.0.1:{port}",
             "otlp": f"http://127.0.0.1:{free_port()}",
             "apps_dir": str(apps),
         }
@@ -245,8 +396,23 @@ def _outcome(case: Case) -> subprocess.CompletedProcess | str:
 
 
 # The cases with their URLs left empty: their ids and commands, known before any broker starts.
-LISTED = _cases({k: "" for k in ("good", "wrong", "nopass", "refused", "frozen", "silent_redis", "silent_amqp",
-                                 "silent_http", "otlp", "apps_dir")})
+LISTED = _cases(
+    {
+        k: ""
+        for k in (
+            "good",
+            "wrong",
+            "nopass",
+            "refused",
+            "frozen",
+            "silent_redis",
+            "silent_amqp",
+            "silent_http",
+            "otlp",
+            "apps_dir",
+        )
+    }
+)
 CASE_IDS = [c.id for c in LISTED]
 
 
@@ -275,15 +441,18 @@ def test_sweep_covers_every_subcommand_and_every_exit_status():
 
 def test_a_bug_in_the_package_keeps_its_traceback_and_debug_shows_one_for_a_known_error():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    bug = ("import sys; from otel_agensium import cli; cli.settings_module.SETTINGS = None; "
-           "sys.exit(cli.main(['settings']))")
+    bug = (
+        "import sys; from otel_agensium import cli; cli.settings_module.SETTINGS = None; "
+        "sys.exit(cli.main(['settings']))"
+    )
     result = subprocess.run([sys.executable, "-c", bug], capture_output=True, text=True, timeout=BOUND, env=env)
     assert result.returncode == BUG, result.stderr
     assert "Traceback" in result.stderr and "TypeError" in result.stderr  # even though the boundary needs SETTINGS
     assert "During handling" not in result.stderr  # the original error only
     assert result.stderr.rstrip().endswith("this is a bug in otel-agensium; please report it with the traceback above")
-    debug = subprocess.run([CLI, "--debug", "monitor", "-A", "nosuchmod", "--once"], capture_output=True, text=True,
-                           timeout=BOUND, env=env)
+    debug = subprocess.run(
+        [CLI, "--debug", "monitor", "-A", "nosuchmod", "--once"], capture_output=True, text=True, timeout=BOUND, env=env
+    )
     assert debug.returncode == USAGE, debug.stderr  # the same status as without --debug
     assert "Traceback" in debug.stderr and "ModuleNotFoundError" in debug.stderr
     assert debug.stderr.rstrip().splitlines()[-1].startswith("otel-agensium monitor: cannot load the Celery app")
@@ -293,9 +462,16 @@ def test_long_running_monitor_on_a_frozen_broker_starts_warns_and_stops_within_t
     import httpx
 
     port = free_port()
-    monitor = Proc([CLI, "monitor", "--broker", brokers["frozen"], "--queues", "cli-sweep"], name="monitor",
-                   env={"AGENSIUM_HEALTH_TIMEOUT": "1", "AGENSIUM_INSPECT_TIMEOUT": "1", "AGENSIUM_OTLP": "false",
-                        "AGENSIUM_PROMETHEUS_PORT": str(port)})
+    monitor = Proc(
+        [CLI, "monitor", "--broker", brokers["frozen"], "--queues", "cli-sweep"],
+        name="monitor",
+        env={
+            "AGENSIUM_HEALTH_TIMEOUT": "1",
+            "AGENSIUM_INSPECT_TIMEOUT": "1",
+            "AGENSIUM_OTLP": "false",
+            "AGENSIUM_PROMETHEUS_PORT": str(port),
+        },
+    )
     try:
         monitor.wait_for_line("otel-agensium monitor: watching", timeout=BOUND)
         scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=BOUND)  # a collection reads the broker
@@ -313,8 +489,10 @@ def test_rabbitmq_refusing_the_password_is_one_line_without_it():
     except OSError:
         pytest.skip("no RabbitMQ on 127.0.0.1:5672")
     url = f"amqp://guest:{WRONG}@127.0.0.1:5672//"
-    for args, says in ((["demo", "--broker", url], "authentication failed (AccessRefused"),
-                       (["doctor", "--broker", url, "--timeout", "2"], "authentication failed")):
+    for args, says in (
+        (["demo", "--broker", url], "authentication failed (AccessRefused"),
+        (["doctor", "--broker", url, "--timeout", "2"], "authentication failed"),
+    ):
         result = _run(Case("rabbit", args, FAILED, says, max_lines=12))
         answer = result.stdout + result.stderr
         assert result.returncode == FAILED and says in answer, answer

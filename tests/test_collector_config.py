@@ -17,8 +17,10 @@ ENV_REFERENCE = re.compile(r"\$\{env:(\w+)\}")
 
 def _env_for(text: str) -> dict[str, str]:
     """A value for every ``${env:NAME}`` without a default, as the Pod or compose would set it."""
-    return {name: "http://127.0.0.1:9" if name.endswith(("_URL", "_ENDPOINT")) else "127.0.0.1"
-            for name in ENV_REFERENCE.findall(text)}
+    return {
+        name: "http://127.0.0.1:9" if name.endswith(("_URL", "_ENDPOINT")) else "127.0.0.1"
+        for name in ENV_REFERENCE.findall(text)
+    }
 
 
 def test_the_shipped_config_is_among_those_checked():
@@ -45,8 +47,9 @@ def test_validate_rejects_one_misspelt_key(tmp_path):
 
 def test_every_exporter_uses_its_current_name():
     """0.161 renamed otlp -> otlp_grpc and otlphttp -> otlp_http; the old names only load as aliases."""
-    listed = subprocess.run([collector_binary(), "components"], capture_output=True, text=True, check=True,
-                            timeout=60).stdout
+    listed = subprocess.run(
+        [collector_binary(), "components"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     current = {exporter["name"] for exporter in yaml.safe_load(listed)["exporters"]}
     used = {name.split("/")[0] for name in yaml.safe_load(SHIPPED_CONFIG.read_text())["exporters"]}
     assert used <= current, used - current

@@ -58,12 +58,23 @@ def send_task_spans(endpoint: str, count: int, marker: str) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.trace import SpanKind, Status, StatusCode
 
-    provider = TracerProvider(resource=Resource.create({
-        "service.name": "profile-worker", "service.instance.id": str(uuid.uuid4()),
-        "host.name": "worker-7d9f8c6b5-x2x9q", "process.pid": 4242, "telemetry.sdk.language": "python"}))
-    processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces", timeout=30),
-                                   max_queue_size=count, max_export_batch_size=min(count, TASK_SPAN_BATCH),
-                                   schedule_delay_millis=60_000)
+    provider = TracerProvider(
+        resource=Resource.create(
+            {
+                "service.name": "profile-worker",
+                "service.instance.id": str(uuid.uuid4()),
+                "host.name": "worker-7d9f8c6b5-x2x9q",
+                "process.pid": 4242,
+                "telemetry.sdk.language": "python",
+            }
+        )
+    )
+    processor = BatchSpanProcessor(
+        OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces", timeout=30),
+        max_queue_size=count,
+        max_export_batch_size=min(count, TASK_SPAN_BATCH),
+        schedule_delay_millis=60_000,
+    )
     provider.add_span_processor(processor)
     tracer = provider.get_tracer("otel_agensium.celery")
     try:
@@ -71,17 +82,28 @@ def send_task_spans(endpoint: str, count: int, marker: str) -> None:
     except ValueError as exc:
         error = exc
     for i in range(count):
-        with tracer.start_as_current_span("run/tasks.profile_user", kind=SpanKind.CONSUMER,
-                                          record_exception=False, set_status_on_exception=False) as span:
-            span.set_attributes({
-                "celery.task_id": str(uuid.uuid4()), "celery.task_name": "tasks.profile_user",
-                "celery.action": "run", "celery.state": "FAILURE", "celery.hostname": "celery@worker-7d9f8c6b5",
-                "messaging.system": "redis", "messaging.destination.name": "profile",
-                "messaging.message.id": str(uuid.uuid4()), "messaging.operation.type": "process",
-                "celery.retries": 0, "drill.marker": marker, "drill.seq": i,
-            })
-            span.record_exception(error, attributes={
-                "exception.stacktrace": "".join(traceback.format_exception(error)) * 8})
+        with tracer.start_as_current_span(
+            "run/tasks.profile_user", kind=SpanKind.CONSUMER, record_exception=False, set_status_on_exception=False
+        ) as span:
+            span.set_attributes(
+                {
+                    "celery.task_id": str(uuid.uuid4()),
+                    "celery.task_name": "tasks.profile_user",
+                    "celery.action": "run",
+                    "celery.state": "FAILURE",
+                    "celery.hostname": "celery@worker-7d9f8c6b5",
+                    "messaging.system": "redis",
+                    "messaging.destination.name": "profile",
+                    "messaging.message.id": str(uuid.uuid4()),
+                    "messaging.operation.type": "process",
+                    "celery.retries": 0,
+                    "drill.marker": marker,
+                    "drill.seq": i,
+                }
+            )
+            span.record_exception(
+                error, attributes={"exception.stacktrace": "".join(traceback.format_exception(error)) * 8}
+            )
             span.set_status(Status(StatusCode.ERROR, str(error)))
     processor.force_flush(60_000)
     provider.shutdown()
@@ -103,12 +125,16 @@ def test_a_full_batch_of_task_spans_fits_tempo_grpc_limit(tempo, sinks):
         assert own_metric(collector, "otelcol_exporter_send_failed_spans") == 0
     assert max(sizes) <= TEMPO_LIMIT
     total = sum(sizes)
-    print(f"\n[drill tempo-batch] {3 * TASK_SPAN_BATCH} task spans, {total / 2**20:.1f} MiB in {len(sizes)} "
-          f"requests, largest {max(sizes) / 2**20:.2f} MiB (limit 4 MiB)")
+    print(
+        f"\n[drill tempo-batch] {3 * TASK_SPAN_BATCH} task spans, {total / 2**20:.1f} MiB in {len(sizes)} "
+        f"requests, largest {max(sizes) / 2**20:.2f} MiB (limit 4 MiB)"
+    )
     assert total > 2 * TEMPO_LIMIT  # the batches were big enough to matter
 
-    uncapped = {"exporters::otlp_grpc/tempo::sending_queue::batch::max_size": "0",
-                "exporters::otlp_grpc/tempo::retry_on_failure::enabled": "false"}
+    uncapped = {
+        "exporters::otlp_grpc/tempo::sending_queue::batch::max_size": "0",
+        "exporters::otlp_grpc/tempo::retry_on_failure::enabled": "false",
+    }
     with AgensiumCollector(tempo.endpoint, loki.endpoint, sets=uncapped) as collector:
         send_task_spans(collector.otlp_endpoint, TASK_SPAN_BATCH, "uncapped")
         # "Permanent error: rpc error: code = ResourceExhausted desc = grpc: received message after
@@ -123,8 +149,15 @@ def test_collector_killed_and_restarted_mid_run(tempo, sinks, apps, tmp_path):
     tempo_sink, loki = sinks
     collector = AgensiumCollector(tempo.endpoint, loki.endpoint).start()
     server = None
-    worker = celery_worker("tests.apps.collector_app", apps.app.conf.broker_url, collector.otlp_endpoint,
-                           "drill-restart", name="restart", concurrency=2, env={"OTEL_EXPORTER_OTLP_TIMEOUT": "2"})
+    worker = celery_worker(
+        "tests.apps.collector_app",
+        apps.app.conf.broker_url,
+        collector.otlp_endpoint,
+        "drill-restart",
+        name="restart",
+        concurrency=2,
+        env={"OTEL_EXPORTER_OTLP_TIMEOUT": "2"},
+    )
     try:
         server = prom.start_prometheus(tmp_path / "prom", scrape_configs=collector.scrape_configs())
         results = [apps.sleep.apply_async((0.05,), queue="drill-restart") for _ in range(100)]
@@ -139,8 +172,10 @@ def test_collector_killed_and_restarted_mid_run(tempo, sinks, apps, tmp_path):
         time.sleep(3)  # a few more exports and scrapes: still 100, never 100 + what was sent before the kill
         value = float(prom.query(server, expr)["result"][0]["value"][1])
         assert value == 100
-        print(f"\n[drill collector-restart] killed after {down_at}/100 tasks, down 3 s: every task succeeded, "
-              f"Prometheus total after restart {value:.0f}")
+        print(
+            f"\n[drill collector-restart] killed after {down_at}/100 tasks, down 3 s: every task succeeded, "
+            f"Prometheus total after restart {value:.0f}"
+        )
     finally:
         if server is not None:
             prom.stop_prometheus(server)
@@ -152,14 +187,22 @@ def test_traces_backend_down_queue_keeps_then_drops_past_its_size(tempo, sinks, 
     """Tempo down: the exporter retries and queues; past queue_size new batches are dropped and counted.
     Every span is either delivered after Tempo is back or counted in enqueue_failed: none vanish."""
     tempo_sink, loki = sinks
-    small_queue = {"exporters::otlp_grpc/tempo::sending_queue::queue_size": "3",
-                   "exporters::otlp_grpc/tempo::sending_queue::num_consumers": "1",
-                   "exporters::otlp_grpc/tempo::retry_on_failure::initial_interval": "200ms",
-                   "exporters::otlp_grpc/tempo::retry_on_failure::max_interval": "500ms",
-                   "processors::batch::timeout": "200ms"}
+    small_queue = {
+        "exporters::otlp_grpc/tempo::sending_queue::queue_size": "3",
+        "exporters::otlp_grpc/tempo::sending_queue::num_consumers": "1",
+        "exporters::otlp_grpc/tempo::retry_on_failure::initial_interval": "200ms",
+        "exporters::otlp_grpc/tempo::retry_on_failure::max_interval": "500ms",
+        "processors::batch::timeout": "200ms",
+    }
     with AgensiumCollector(tempo.endpoint, loki.endpoint, sets=small_queue) as collector:
-        worker = celery_worker("tests.apps.collector_app", apps.app.conf.broker_url, collector.otlp_endpoint,
-                               "drill-tempo", name="tempo-down", concurrency=1)
+        worker = celery_worker(
+            "tests.apps.collector_app",
+            apps.app.conf.broker_url,
+            collector.otlp_endpoint,
+            "drill-tempo",
+            name="tempo-down",
+            concurrency=1,
+        )
         try:
             tempo.stop()
             sent = 0
@@ -173,12 +216,16 @@ def test_traces_backend_down_queue_keeps_then_drops_past_its_size(tempo, sinks, 
             tempo.start()
 
             def runs():
-                return sum(1 for s in tempo_sink.spans() if s["name"] == "run/t.ok"
-                           and s["resource"].get("service.name") == "worker-tempo-down")
+                return sum(
+                    1
+                    for s in tempo_sink.spans()
+                    if s["name"] == "run/t.ok" and s["resource"].get("service.name") == "worker-tempo-down"
+                )
 
             # What the queue kept (and the batch being retried) arrives once Tempo is back.
-            wait_for(lambda: runs() + own_metric(collector, "otelcol_exporter_enqueue_failed_spans") >= sent,
-                     timeout=60)
+            wait_for(
+                lambda: runs() + own_metric(collector, "otelcol_exporter_enqueue_failed_spans") >= sent, timeout=60
+            )
             time.sleep(1)  # nothing more arrives
             delivered = runs()
             dropped = own_metric(collector, "otelcol_exporter_enqueue_failed_spans")
@@ -186,9 +233,11 @@ def test_traces_backend_down_queue_keeps_then_drops_past_its_size(tempo, sinks, 
             accepted = own_metric(collector, "otelcol_exporter_sent_spans")
         finally:
             worker.stop()
-    print(f"\n[drill tempo-down] {sent} tasks in ~10 s with Tempo down, queue_size 3 (batches): "
-          f"{queued:.0f} batches queued at the end of the outage, {delivered} run spans delivered after, "
-          f"{dropped:.0f} spans dropped (enqueue_failed), {failed:.0f} send_failed, {accepted:.0f} sent")
+    print(
+        f"\n[drill tempo-down] {sent} tasks in ~10 s with Tempo down, queue_size 3 (batches): "
+        f"{queued:.0f} batches queued at the end of the outage, {delivered} run spans delivered after, "
+        f"{dropped:.0f} spans dropped (enqueue_failed), {failed:.0f} send_failed, {accepted:.0f} sent"
+    )
     assert dropped > 0  # the queue overflowed
     assert 0 < delivered < sent  # what the queue kept was delivered
     assert delivered + dropped == sent  # one run span per task: each delivered or counted as dropped
@@ -199,17 +248,26 @@ def test_memory_limiter_refuses_a_burst_and_the_app_is_unaffected(tempo, sinks, 
     """A log burst over a low memory limit: the Collector refuses (503), every task succeeds, and every
     record that did not reach Loki is in a batch the worker counted as a failed export."""
     tempo_sink, loki = sinks
-    low = {"processors::memory_limiter::limit_mib": "20", "processors::memory_limiter::spike_limit_mib": "8",
-           "processors::memory_limiter::check_interval": "100ms"}
+    low = {
+        "processors::memory_limiter::limit_mib": "20",
+        "processors::memory_limiter::spike_limit_mib": "8",
+        "processors::memory_limiter::check_interval": "100ms",
+    }
     batch = 128  # 128 x 50 kB = 6.4 MB a request, under the OTLP/HTTP receiver's 20 MiB body limit
 
     def burst_records():
         return sum(1 for r in loki.log_records() if str(r["body"]).startswith("burst"))
 
     with AgensiumCollector(tempo.endpoint, loki.endpoint, sets=low) as collector:
-        worker = celery_worker("tests.apps.collector_app", apps.app.conf.broker_url, collector.otlp_endpoint,
-                               "drill-memory", name="memory", concurrency=1,
-                               env={"OTEL_EXPORTER_OTLP_TIMEOUT": "2", "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": str(batch)})
+        worker = celery_worker(
+            "tests.apps.collector_app",
+            apps.app.conf.broker_url,
+            collector.otlp_endpoint,
+            "drill-memory",
+            name="memory",
+            concurrency=1,
+            env={"OTEL_EXPORTER_OTLP_TIMEOUT": "2", "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": str(batch)},
+        )
         try:
             results = [apps.log_burst.apply_async((200, 50_000), queue="drill-memory") for _ in range(8)]
             assert [r.get(timeout=120) for r in results] == [200] * 8
@@ -221,10 +279,12 @@ def test_memory_limiter_refuses_a_burst_and_the_app_is_unaffected(tempo, sinks, 
             refused = own_metric(collector, "otelcol_receiver_refused_log_records")
         finally:
             worker.stop()
-    print(f"\n[drill memory-limiter] 8 tasks x 200 log lines of 50 kB against limit_mib 20: every task "
-          f"succeeded; the Collector refused {refused:.0f} log records (retries included), {delivered} of 1600 "
-          f"reached Loki; the worker child counted {counted['failed']} failed exports of <= {batch} records, "
-          f"{counted['dropped']} items dropped")
+    print(
+        f"\n[drill memory-limiter] 8 tasks x 200 log lines of 50 kB against limit_mib 20: every task "
+        f"succeeded; the Collector refused {refused:.0f} log records (retries included), {delivered} of 1600 "
+        f"reached Loki; the worker child counted {counted['failed']} failed exports of <= {batch} records, "
+        f"{counted['dropped']} items dropped"
+    )
     assert warning
     assert refused > 0
     assert 1600 - delivered <= counted["failed"] * batch + counted["dropped"]
@@ -237,9 +297,15 @@ def test_recycled_child_series_expire_after_metric_expiration(tempo, sinks, apps
     sets = {"exporters::prometheus::metric_expiration": "4s"}
     with AgensiumCollector(tempo.endpoint, loki.endpoint, sets=sets) as collector:
         server = prom.start_prometheus(tmp_path / "prom", scrape_configs=collector.scrape_configs())
-        worker = celery_worker("tests.apps.collector_app", apps.app.conf.broker_url, collector.otlp_endpoint,
-                               "drill-expire", name="expire", concurrency=1,
-                               extra_args=["--max-tasks-per-child", "1"])
+        worker = celery_worker(
+            "tests.apps.collector_app",
+            apps.app.conf.broker_url,
+            collector.otlp_endpoint,
+            "drill-expire",
+            name="expire",
+            concurrency=1,
+            extra_args=["--max-tasks-per-child", "1"],
+        )
         try:
             series = 'celery_tasks_succeeded_total{job="worker-expire"}'
             prom.wait_for_result(server, 'up{job="otel-collector"} == 1', timeout=30)
@@ -258,21 +324,31 @@ def test_recycled_child_series_expire_after_metric_expiration(tempo, sinks, apps
         finally:
             worker.stop()
             prom.stop_prometheus(server)
-    print(f"\n[drill metric-expiration] two recycled children's series (two instances) left Prometheus "
-          f"{gone_after:.1f} s after both were seen (metric_expiration 4s)")
+    print(
+        f"\n[drill metric-expiration] two recycled children's series (two instances) left Prometheus "
+        f"{gone_after:.1f} s after both were seen (metric_expiration 4s)"
+    )
     assert len(seen) == 2
 
 
-@pytest.mark.skipif(not os.environ.get("AGENSIUM_DRILL_TEMPO_OUTAGE"),
-                    reason="long drill: set AGENSIUM_DRILL_TEMPO_OUTAGE=60 (seconds) to run it")
+@pytest.mark.skipif(
+    not os.environ.get("AGENSIUM_DRILL_TEMPO_OUTAGE"),
+    reason="long drill: set AGENSIUM_DRILL_TEMPO_OUTAGE=60 (seconds) to run it",
+)
 def test_traces_backend_down_with_the_shipped_queue(tempo, sinks, apps):
     """Tempo down for AGENSIUM_DRILL_TEMPO_OUTAGE seconds under steady traffic, shipped settings
     (queue 1000 batches, retries for 5 min): what the queue holds, and how long delivery takes after."""
     tempo_sink, loki = sinks
     outage = float(os.environ["AGENSIUM_DRILL_TEMPO_OUTAGE"])
     with AgensiumCollector(tempo.endpoint, loki.endpoint) as collector:
-        worker = celery_worker("tests.apps.collector_app", apps.app.conf.broker_url, collector.otlp_endpoint,
-                               "drill-outage", name="outage", concurrency=2)
+        worker = celery_worker(
+            "tests.apps.collector_app",
+            apps.app.conf.broker_url,
+            collector.otlp_endpoint,
+            "drill-outage",
+            name="outage",
+            concurrency=2,
+        )
         try:
             tempo.stop()
             started, sent, peak = time.monotonic(), 0, 0.0
@@ -286,8 +362,11 @@ def test_traces_backend_down_with_the_shipped_queue(tempo, sinks, apps):
             back = time.monotonic()
 
             def runs():
-                return sum(1 for s in tempo_sink.spans() if s["name"] == "run/t.ok"
-                           and s["resource"].get("service.name") == "worker-outage")
+                return sum(
+                    1
+                    for s in tempo_sink.spans()
+                    if s["name"] == "run/t.ok" and s["resource"].get("service.name") == "worker-outage"
+                )
 
             wait_for(lambda: runs() >= sent, timeout=outage + 120)
             took = time.monotonic() - back
@@ -295,7 +374,9 @@ def test_traces_backend_down_with_the_shipped_queue(tempo, sinks, apps):
             failed = own_metric(collector, "otelcol_exporter_send_failed_spans")
         finally:
             worker.stop()
-    print(f"\n[drill tempo-outage] Tempo down {outage:.0f} s: {sent} tasks, queue peak {peak:.0f} of 1000 batches, "
-          f"all {runs()} run spans delivered {took:.0f} s after it came back; enqueue_failed={dropped:.0f} "
-          f"send_failed={failed:.0f}")
+    print(
+        f"\n[drill tempo-outage] Tempo down {outage:.0f} s: {sent} tasks, queue peak {peak:.0f} of 1000 batches, "
+        f"all {runs()} run spans delivered {took:.0f} s after it came back; enqueue_failed={dropped:.0f} "
+        f"send_failed={failed:.0f}"
+    )
     assert runs() == sent and dropped == 0 and failed == 0

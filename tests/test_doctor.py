@@ -33,12 +33,20 @@ def broker():
     server.stop()
 
 
-def doctor(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[subprocess.CompletedProcess,
-                                                                                      float]:
+def doctor(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[subprocess.CompletedProcess, float]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGENSIUM_", "TEST_BROKER"))}
     started = time.monotonic()
-    result = subprocess.run([CLI, "doctor", *args], env={**clean, **(env or {})}, cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [CLI, "doctor", *args],
+        env={**clean, **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return result, time.monotonic() - started
 
 
@@ -88,13 +96,23 @@ def test_unconsumed_queue_flagged_then_all_pass_with_a_worker_on_both(broker, re
     try:
         assert [r.get(timeout=60) for r in waiting] == [0, 1, 2]
         code, checks, elapsed = doctor_json("-A", APP, "--broker", broker.url, env=env)
-        print(f"[doctor, worker on both] exit {code} in {elapsed:.1f} s: "
-              + ", ".join(f"{name}={c['verdict']}" for name, c in checks.items()))
+        print(
+            f"[doctor, worker on both] exit {code} in {elapsed:.1f} s: "
+            + ", ".join(f"{name}={c['verdict']}" for name, c in checks.items())
+        )
         assert code == 0
         assert {name: c["verdict"] for name, c in checks.items()} == {
-            "settings": "ok", "app": "ok", "broker": "ok", "workers": "ok", "queue:celery": "ok",
-            "queue:profile": "ok", "beat": "skipped", "eta": "ok",
-            "otlp": "ok", "time_limits": "ok", "memory_limit": "ok",
+            "settings": "ok",
+            "app": "ok",
+            "broker": "ok",
+            "workers": "ok",
+            "queue:celery": "ok",
+            "queue:profile": "ok",
+            "beat": "skipped",
+            "eta": "ok",
+            "otlp": "ok",
+            "time_limits": "ok",
+            "memory_limit": "ok",
         }
         assert checks["queue:profile"]["data"]["waiting"] == 0
         assert checks["workers"]["data"]["workers"][0].startswith("doc-both@")
@@ -109,8 +127,9 @@ def test_message_on_a_misspelt_queue_is_found(broker, receiver):
     doctor_app.app.conf.broker_url = broker.url
     doctor_app.ok.apply_async(queue="profle")
     try:
-        code, checks, _ = doctor_json("-A", APP, "--broker", broker.url,
-                                      env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
+        code, checks, _ = doctor_json(
+            "-A", APP, "--broker", broker.url, env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+        )
         assert code == 1
         check = checks["queue:profle"]
         assert check["verdict"] == "FAIL" and check["data"]["waiting"] == 1 and not check["data"]["routed"]
@@ -142,8 +161,10 @@ def test_redis_stopped_or_frozen_broker_fails_within_timeout_and_the_rest_is_ski
         os.kill(server.proc.proc.pid, signal.SIGSTOP)
         code, checks, elapsed = doctor_json("-A", APP, "--broker", url, "--timeout", "1", env=env)
         frozen = checks["broker"]
-        print(f"\n[doctor, redis frozen] broker: {frozen['detail']} after {frozen['seconds']} s "
-              f"(whole run {elapsed:.1f} s)")
+        print(
+            f"\n[doctor, redis frozen] broker: {frozen['detail']} after {frozen['seconds']} s "
+            f"(whole run {elapsed:.1f} s)"
+        )
         assert code == 1 and frozen["verdict"] == "FAIL" and "no answer within 1 s" in frozen["detail"]
         assert frozen["seconds"] <= 1.5
         os.kill(server.proc.proc.pid, signal.SIGCONT)
@@ -169,8 +190,13 @@ def test_redis_stopped_or_frozen_broker_fails_within_timeout_and_the_rest_is_ski
 
 def test_otlp_endpoint_down_and_missing_limits(broker):
     port = free_port()  # nothing listens here
-    result, _ = doctor("-A", "tests.apps.tasks_app", "--broker", broker.url,
-                       env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"})
+    result, _ = doctor(
+        "-A",
+        "tests.apps.tasks_app",
+        "--broker",
+        broker.url,
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"},
+    )
     lines = lines_by_check(result.stdout)
     assert result.returncode == 1
     assert " FAIL " in lines["otlp"] and "connection refused" in lines["otlp"]
@@ -184,8 +210,13 @@ def test_otlp_endpoint_down_and_missing_limits(broker):
 def test_app_that_cannot_import_a_task_module_fails_and_the_broker_is_still_checked(broker, receiver, tmp_path):
     """The seed's "tasks failing immediately": an import error in the app or a task module."""
     (tmp_path / "broken_doctor_app.py").write_text("import missing_dependency_for_doctor_test\n")
-    result, _ = doctor("-A", "broken_doctor_app", "--broker", broker.url,
-                       env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "PYTHONPATH": str(tmp_path)})
+    result, _ = doctor(
+        "-A",
+        "broken_doctor_app",
+        "--broker",
+        broker.url,
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "PYTHONPATH": str(tmp_path)},
+    )
     lines = lines_by_check(result.stdout)
     assert result.returncode == 1
     assert " FAIL " in lines["app"] and "No module named 'missing_dependency_for_doctor_test'" in lines["app"]
@@ -215,8 +246,9 @@ def test_soft_time_limit_and_exception_counted_once_and_memory_per_child(redis_s
 
     drill_app.app.conf.broker_url = redis_server.url
     drill_app.app.conf.result_backend = redis_server.url
-    worker = celery_worker("tests.apps.drill_app", redis_server.url, receiver.endpoint, "doctor-limit",
-                           name="doc-limit", concurrency=2)
+    worker = celery_worker(
+        "tests.apps.drill_app", redis_server.url, receiver.endpoint, "doctor-limit", name="doc-limit", concurrency=2
+    )
     try:
         # Resident memory and CPU time for the main process and each of the two children.
         def three_processes():
@@ -230,8 +262,10 @@ def test_soft_time_limit_and_exception_counted_once_and_memory_per_child(redis_s
         for role, _, value, attrs in rss.values():
             assert 5_000_000 < value < 2_000_000_000, (role, value)
             assert set(attrs) == {"process_role", "worker"}
-        print(f"\n[process metrics] {len(rss)} processes, distinct instance ids; resident MiB: "
-              + ", ".join(f"{v[0]}={v[2] / 2**20:.0f}" for v in rss.values()))
+        print(
+            f"\n[process metrics] {len(rss)} processes, distinct instance ids; resident MiB: "
+            + ", ".join(f"{v[0]}={v[2] / 2**20:.0f}" for v in rss.values())
+        )
 
         with pytest.raises(Exception, match="SoftTimeLimitExceeded"):
             drill_app.soft_limit.apply_async(queue="doctor-limit").get(timeout=60, propagate=True)
@@ -239,8 +273,11 @@ def test_soft_time_limit_and_exception_counted_once_and_memory_per_child(redis_s
 
         def limit_counts():
             hits = receiver.totals("celery_task_time_limit_hits").get(key)
-            exc = {k: v for k, v in receiver.totals("celery_task_exceptions").items()
-                   if dict(k)["task_name"] == "d.soft_limit"}
+            exc = {
+                k: v
+                for k, v in receiver.totals("celery_task_exceptions").items()
+                if dict(k)["task_name"] == "d.soft_limit"
+            }
             return (hits, exc) if hits and exc else None
 
         wait_for(limit_counts, timeout=30)
@@ -259,13 +296,22 @@ def test_recycled_child_series_stops_and_the_new_child_appears(redis_server, rec
 
     tasks_app.app.conf.broker_url = redis_server.url
     tasks_app.app.conf.result_backend = redis_server.url
-    worker = celery_worker("tests.apps.tasks_app", redis_server.url, receiver.endpoint, "doctor-recycle",
-                           name="doc-recycle", concurrency=1, extra_args=["--max-tasks-per-child", "1",
-                                                                          "--max-memory-per-child", "1500000"])
+    worker = celery_worker(
+        "tests.apps.tasks_app",
+        redis_server.url,
+        receiver.endpoint,
+        "doctor-recycle",
+        name="doc-recycle",
+        concurrency=1,
+        extra_args=["--max-tasks-per-child", "1", "--max-memory-per-child", "1500000"],
+    )
 
     def children():
-        return {i: v for i, v in _by_instance(receiver, RSS).items()
-                if v[0] == "child" and v[3]["worker"].startswith("doc-recycle@")}
+        return {
+            i: v
+            for i, v in _by_instance(receiver, RSS).items()
+            if v[0] == "child" and v[3]["worker"].startswith("doc-recycle@")
+        }
 
     try:
         first = wait_for(children, timeout=30)
@@ -287,8 +333,10 @@ def test_recycled_child_series_stops_and_the_new_child_appears(redis_server, rec
         # ends with the last periodic export, not with a point taken while the process exited.
         succeeded = {inst: p["time"] for (inst, _), p in receiver.points("celery_tasks_succeeded").items()}
         assert after[old][1] < succeeded[old]
-        print(f"\n[recycling] old child's last memory point {(time.time_ns() - after[old][1]) / 1e9:.1f} s old "
-              f"and frozen; new child's {(time.time_ns() - after[new[0]][1]) / 1e9:.1f} s old and advancing")
+        print(
+            f"\n[recycling] old child's last memory point {(time.time_ns() - after[old][1]) / 1e9:.1f} s old "
+            f"and frozen; new child's {(time.time_ns() - after[new[0]][1]) / 1e9:.1f} s old and advancing"
+        )
     finally:
         worker.stop()
 
@@ -301,9 +349,16 @@ def test_troubleshooting_panels_return_data_on_a_real_prometheus(redis_server, t
     drill_app.app.conf.broker_url = redis_server.url
     drill_app.app.conf.result_backend = redis_server.url
     port = free_port()
-    worker = celery_worker("tests.apps.drill_app", redis_server.url, "http://127.0.0.1:9", "doctor-prom",
-                           name="doc-prom", pool="solo", concurrency=1,
-                           env={"AGENSIUM_PROMETHEUS_PORT": str(port), "AGENSIUM_OTLP": "false"})
+    worker = celery_worker(
+        "tests.apps.drill_app",
+        redis_server.url,
+        "http://127.0.0.1:9",
+        "doctor-prom",
+        name="doc-prom",
+        pool="solo",
+        concurrency=1,
+        env={"AGENSIUM_PROMETHEUS_PORT": str(port), "AGENSIUM_OTLP": "false"},
+    )
     server = None
     try:
         server = prom.start_prometheus(tmp_path / "prom", [f"127.0.0.1:{port}"])
@@ -315,8 +370,12 @@ def test_troubleshooting_panels_return_data_on_a_real_prometheus(redis_server, t
         dashboard = json.loads((ROOT / "grafana" / "dashboards" / "celery.json").read_text())
         panels = {p["title"]: p for p in prom.iter_panels(dashboard["panels"])}
         checked = {}
-        for title in ("Resident memory per worker process", "CPU per worker process", "Failures by exception type",
-                      "Failures by task and exception (selected time range)"):
+        for title in (
+            "Resident memory per worker process",
+            "CPU per worker process",
+            "Failures by exception type",
+            "Failures by task and exception (selected time range)",
+        ):
             expr = prom.expand_grafana_variables(panels[title]["targets"][0]["expr"])
             result = prom.wait_for_result(server, expr, timeout=30)
             checked[title] = {tuple(sorted(r["metric"].items())): r["value"][1] for r in result}

@@ -37,13 +37,16 @@ def test_names_are_bounded():
     assert names([str(i) for i in range(10)], limit=3) == "0, 1, 2 and 7 more"
 
 
-@pytest.mark.parametrize(("exc", "expected"), [
-    (ConnectionRefusedError(111, "Connection refused"), "refused"),
-    (TimeoutError(), "timeout"),
-    (Exception("WRONGPASS invalid username-password pair"), "auth"),
-    (Exception("Temporary failure in name resolution"), "dns"),
-    (Exception("something odd"), "other"),
-])
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), "refused"),
+        (TimeoutError(), "timeout"),
+        (Exception("WRONGPASS invalid username-password pair"), "auth"),
+        (Exception("Temporary failure in name resolution"), "dns"),
+        (Exception("something odd"), "other"),
+    ],
+)
 def test_failure_kinds(exc, expected):
     assert kind(exc) == expected
 
@@ -66,13 +69,25 @@ def test_a_background_check_that_never_ends_is_bounded_and_keeps_its_place():
         never.wait(5)
         return Result("slow", OK, "late")
 
-    checks = [Check("slow", hangs, background=True, on_error=lambda ctx, exc: Result("slow", FAIL, "too slow")),
-              Check("after", lambda ctx: Result("after", OK, "yes"))]
+    checks = [
+        Check("slow", hangs, background=True, on_error=lambda ctx, exc: Result("slow", FAIL, "too slow")),
+        Check("after", lambda ctx: Result("after", OK, "yes")),
+    ]
     results = diagnose(_ctx(), checks)
     never.set()
     assert [(r.check, r.verdict, r.detail) for r in results] == [("slow", FAIL, "too slow"), ("after", OK, "yes")]
 
 
 def test_one_list_names_every_check_once():
-    assert [c.name for c in CHECKS] == ["settings", "app", "broker", "workers", "queues", "beat", "eta",
-                                        "otlp", "time_limits", "memory_limit"]
+    assert [c.name for c in CHECKS] == [
+        "settings",
+        "app",
+        "broker",
+        "workers",
+        "queues",
+        "beat",
+        "eta",
+        "otlp",
+        "time_limits",
+        "memory_limit",
+    ]

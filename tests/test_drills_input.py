@@ -26,8 +26,13 @@ SECRET_KWARG = "secret-kwarg-XYZ"
 # A frame of this package in a traceback, or a guarded hook's failure line.
 OUR_TRACEBACK = re.compile(r"otel_agensium[/\\][\w/\\]+\.py|otel-agensium: hook ")
 TASK_METRICS = (
-    "celery_tasks_received", "celery_tasks_rejected", "celery_tasks_succeeded", "celery_tasks_failed",
-    "celery_task_exceptions", "celery_task_duration_seconds", "celery_task_queue_wait_seconds",
+    "celery_tasks_received",
+    "celery_tasks_rejected",
+    "celery_tasks_succeeded",
+    "celery_tasks_failed",
+    "celery_task_exceptions",
+    "celery_task_duration_seconds",
+    "celery_task_queue_wait_seconds",
 )
 
 
@@ -52,7 +57,7 @@ def _rss_kib(pid: int) -> int:
 _KINDS = (
     lambda i: f"hostile.unregistered.{i}",
     lambda i: "L" * 10_000 + f".{i}",  # very long
-    lambda i: f'quote"d \'name\' `{i}` \\ end',
+    lambda i: f"quote\"d 'name' `{i}` \\ end",
     lambda i: f"new\nline\r\nname {i}",
     lambda i: f"unicode-täsk-名前-🔥-{i}",
     lambda i: f"ctl\x00\x07\x1b[31m{i}\x7f",  # control characters
@@ -75,8 +80,11 @@ def _publish(app, names, queue: str) -> float:
 
 
 def _task_names(receiver, metric: str, queue: str | None = None) -> set:
-    return {point["attributes"].get("task_name") for point in receiver.points(metric).values()
-            if queue is None or point["attributes"].get("queue") in (queue, None)}
+    return {
+        point["attributes"].get("task_name")
+        for point in receiver.points(metric).values()
+        if queue is None or point["attributes"].get("queue") in (queue, None)
+    }
 
 
 def _by_name(receiver, metric: str, queue: str) -> dict:
@@ -93,8 +101,14 @@ def test_hostile_task_names_stay_bounded_and_the_worker_keeps_working(redis_serv
     queue = "drill-names"
     names = hostile_names(N_NAMES)
     with Receiver() as receiver:
-        worker = celery_worker("tests.apps.input_app", redis_server.url, receiver.endpoint, queue, name="names",
-                               env={"AGENSIUM_MAX_TASK_NAMES": str(CAP)})
+        worker = celery_worker(
+            "tests.apps.input_app",
+            redis_server.url,
+            receiver.endpoint,
+            queue,
+            name="names",
+            env={"AGENSIUM_MAX_TASK_NAMES": str(CAP)},
+        )
         try:
             rss_before = _rss_kib(worker.proc.pid)
             started = time.monotonic()
@@ -112,10 +126,19 @@ def test_hostile_task_names_stay_bounded_and_the_worker_keeps_working(redis_serv
             assert app.send_task("d.quick", (7,), queue=queue).get(timeout=60) == 7
             assert app.send_task("i.take", ("abc",), queue=queue).get(timeout=60) == 3
             assert worker.proc.poll() is None
-            after = wait_for(lambda: (s := _by_name(receiver, "celery_tasks_succeeded", queue))
-                             and s.get("d.quick") == 1 and s.get("i.take") == 1 and s, timeout=30)
-            rejected = wait_for(lambda: (r := _by_name(receiver, "celery_tasks_rejected", queue))
-                                and sum(r.values()) >= N_NAMES and r, timeout=30)
+            after = wait_for(
+                lambda: (
+                    (s := _by_name(receiver, "celery_tasks_succeeded", queue))
+                    and s.get("d.quick") == 1
+                    and s.get("i.take") == 1
+                    and s
+                ),
+                timeout=30,
+            )
+            rejected = wait_for(
+                lambda: (r := _by_name(receiver, "celery_tasks_rejected", queue)) and sum(r.values()) >= N_NAMES and r,
+                timeout=30,
+            )
             received = _by_name(receiver, "celery_tasks_received", queue)
         finally:
             worker.stop()
@@ -125,15 +148,17 @@ def test_hostile_task_names_stay_bounded_and_the_worker_keeps_working(redis_serv
     unknown_received = {k: v for k, v in received.items() if k not in registered}
     distinct = {metric: len(_task_names(receiver, metric) - registered) for metric in TASK_METRICS}
     other = unknown_received.get("other", 0)
-    print(f"\n[drill hostile-names] {N_NAMES} distinct unregistered names (8 kinds: 10k-char, quotes, newlines, "
-          f"unicode, control chars, integers ...) sent in {send_seconds:.1f} s, all counted in "
-          f"{drain_seconds:.1f} s ({N_NAMES / drain_seconds:.0f}/s); cap {CAP}: "
-          f"{len(unknown_received)} task_name values for them (other={other:.0f}), "
-          f"received={sum(unknown_received.values()):.0f} "
-          f"rejected={sum(v for k, v in rejected.items() if k not in registered):.0f}; "
-          f"max distinct values per metric {max(distinct.values())}; worker RSS {rss_before // 1024} -> "
-          f"{rss_after // 1024} MiB; registered tasks after it: {after.get('d.quick')} + {after.get('i.take')} "
-          f"succeeded under their own names")
+    print(
+        f"\n[drill hostile-names] {N_NAMES} distinct unregistered names (8 kinds: 10k-char, quotes, newlines, "
+        f"unicode, control chars, integers ...) sent in {send_seconds:.1f} s, all counted in "
+        f"{drain_seconds:.1f} s ({N_NAMES / drain_seconds:.0f}/s); cap {CAP}: "
+        f"{len(unknown_received)} task_name values for them (other={other:.0f}), "
+        f"received={sum(unknown_received.values()):.0f} "
+        f"rejected={sum(v for k, v in rejected.items() if k not in registered):.0f}; "
+        f"max distinct values per metric {max(distinct.values())}; worker RSS {rss_before // 1024} -> "
+        f"{rss_after // 1024} MiB; registered tasks after it: {after.get('d.quick')} + {after.get('i.take')} "
+        f"succeeded under their own names"
+    )
     # Series stay bounded: at most CAP names plus "other", per metric.
     for metric, count in distinct.items():
         assert count <= CAP + 1, (metric, count)
@@ -188,12 +213,16 @@ def _run_args_drill(redis_server, env: dict[str, str]):
     app = _use(redis_server).app
     queue = f"drill-args-{env.get('AGENSIUM_RECORD_TASK_ARGS', 'default')}"
     with Receiver() as receiver:
-        worker = celery_worker("tests.apps.input_app", redis_server.url, receiver.endpoint, queue, name="args",
-                               env=env)
+        worker = celery_worker("tests.apps.input_app", redis_server.url, receiver.endpoint, queue, name="args", env=env)
         try:
             _args_workload(app, queue)
-            wait_for(lambda: len([s for s in receiver.spans() if s["name"].startswith("run/i.take")]) >= 2
-                     and any("unregistered" in str(r["body"]) for r in receiver.log_records()), timeout=30)
+            wait_for(
+                lambda: (
+                    len([s for s in receiver.spans() if s["name"].startswith("run/i.take")]) >= 2
+                    and any("unregistered" in str(r["body"]) for r in receiver.log_records())
+                ),
+                timeout=30,
+            )
             time.sleep(1)  # the last log batch
         finally:
             worker.stop()
@@ -207,8 +236,10 @@ def test_task_args_are_not_recorded_by_default(redis_server):
         leaks.setdefault(kind, []).extend(places)
     spans = len(receiver.spans())
     records = len(receiver.log_records())
-    print(f"\n[drill task-args] default: {spans} spans, {records} log records, {len(worker.lines)} output lines, "
-          f"{len(receiver.raw)} OTLP bodies: argument value found in {leaks or 'none of them'}")
+    print(
+        f"\n[drill task-args] default: {spans} spans, {records} log records, {len(worker.lines)} output lines, "
+        f"{len(receiver.raw)} OTLP bodies: argument value found in {leaks or 'none of them'}"
+    )
     assert not leaks
 
 
@@ -222,9 +253,11 @@ def test_task_args_are_recorded_when_opted_in(redis_server):
     # Celery's own log lines keep their arguments too (the data extra, the unregistered message's body).
     found = _where(receiver, worker, SECRET_ARG)
     assert found.get("json_line") and found.get("log_record"), found
-    print(f"\n[drill task-args] AGENSIUM_RECORD_TASK_ARGS=true: celery.args/celery.kwargs on {len(runs)} of 2 "
-          f"run spans, the value in {len(found['json_line'])} JSON log fields and {len(found['log_record'])} "
-          f"log record fields")
+    print(
+        f"\n[drill task-args] AGENSIUM_RECORD_TASK_ARGS=true: celery.args/celery.kwargs on {len(runs)} of 2 "
+        f"run spans, the value in {len(found['json_line'])} JSON log fields and {len(found['log_record'])} "
+        f"log record fields"
+    )
 
 
 # -- drill 6: secrets ----------------------------------------------------------------------
@@ -238,12 +271,21 @@ def _serve_web(broker: str, receiver, dead_redis: str, queue: str, env: dict[str
     from tests.procs import BIN, Proc, free_port
 
     port = free_port()
-    proc = Proc([str(BIN / "uvicorn"), "tests.apps.web_secrets:api", "--host", "127.0.0.1", "--port", str(port)],
-                env={"TEST_BROKER_URL": broker, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                     "OTEL_SERVICE_NAME": "web-secrets", "OTEL_BSP_SCHEDULE_DELAY": "100",
-                     "OTEL_BLRP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500",
-                     "DEAD_REDIS_URL": dead_redis, "SECRETS_QUEUE": queue, **env},
-                name="uvicorn web-secrets")
+    proc = Proc(
+        [str(BIN / "uvicorn"), "tests.apps.web_secrets:api", "--host", "127.0.0.1", "--port", str(port)],
+        env={
+            "TEST_BROKER_URL": broker,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_SERVICE_NAME": "web-secrets",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_BLRP_SCHEDULE_DELAY": "100",
+            "OTEL_METRIC_EXPORT_INTERVAL": "500",
+            "DEAD_REDIS_URL": dead_redis,
+            "SECRETS_QUEUE": queue,
+            **env,
+        },
+        name="uvicorn web-secrets",
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         proc.wait_http_ok(base + "/health", timeout=30)
@@ -258,8 +300,14 @@ def _cli(*args: str, env: dict[str, str]) -> str:
 
     from tests.procs import BIN, ROOT
 
-    done = subprocess.run([str(BIN / "otel-agensium"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    done = subprocess.run(
+        [str(BIN / "otel-agensium"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+    )
     return done.stdout + done.stderr  # only what the command printed: its arguments hold the secret
 
 
@@ -286,8 +334,14 @@ def test_no_secret_in_any_output(tmp_path):
                     super().do_POST()
 
             receiver.server.RequestHandlerClass = Recording
-            worker = celery_worker("tests.apps.input_app", broker, receiver.endpoint, queue, name="secrets",
-                                   env={**secrets_env, "AGENSIUM_LOG_FILE": str(tmp_path / "worker.log")})
+            worker = celery_worker(
+                "tests.apps.input_app",
+                broker,
+                receiver.endpoint,
+                queue,
+                name="secrets",
+                env={**secrets_env, "AGENSIUM_LOG_FILE": str(tmp_path / "worker.log")},
+            )
             web, base = _serve_web(broker, receiver, dead_redis, queue, secrets_env)
             # The test process publishes with the password too: an app of its own (input_app's
             # connections may already point at the session's redis-server).
@@ -307,8 +361,9 @@ def test_no_secret_in_any_output(tmp_path):
             for task_id in ids:
                 app.AsyncResult(task_id).get(timeout=60)
             assert httpx.get(base + "/fail", timeout=10).status_code == 500
-            ready = wait_for(lambda: (r := httpx.get(base + "/health/ready", timeout=5)).status_code == 200 and r,
-                             timeout=30)
+            ready = wait_for(
+                lambda: (r := httpx.get(base + "/health/ready", timeout=5)).status_code == 200 and r, timeout=30
+            )
             bodies.append(ready.text)
             for path in ("/health", "/health/queue", "/dead/ready", "/dead/queue"):
                 response = httpx.get(base + path, timeout=5)
@@ -316,20 +371,38 @@ def test_no_secret_in_any_output(tmp_path):
             assert "redis://:***@" in bodies[2], bodies[2]  # the target is shown, redacted
             assert json.loads(bodies[3])["checks"]["redis"]["ok"] is False  # the dead Redis: error text
             # The command line, against the live broker and a dead one, with good and bad secret settings.
-            cli_env = {"TEST_BROKER_URL": broker, "AGENSIUM_BROKER_URL": broker, "AGENSIUM_REDIS_URL": broker,
-                       "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, **secrets_env}
-            bad_env = {**cli_env, "AGENSIUM_REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:notaport/0",
-                       "OTEL_EXPORTER_OTLP_HEADERS": f"Bearer {TOKEN}"}
-            cli = [_cli("check", env=cli_env), _cli("check", env=bad_env), _cli("settings", env=cli_env),
-                   _cli("monitor", "--once", "--queues", queue, env=cli_env),
-                   _cli("monitor", "--once", "--broker", dead_redis, "--queues", queue, env=cli_env)]
+            cli_env = {
+                "TEST_BROKER_URL": broker,
+                "AGENSIUM_BROKER_URL": broker,
+                "AGENSIUM_REDIS_URL": broker,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                **secrets_env,
+            }
+            bad_env = {
+                **cli_env,
+                "AGENSIUM_REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:notaport/0",
+                "OTEL_EXPORTER_OTLP_HEADERS": f"Bearer {TOKEN}",
+            }
+            cli = [
+                _cli("check", env=cli_env),
+                _cli("check", env=bad_env),
+                _cli("settings", env=cli_env),
+                _cli("monitor", "--once", "--queues", queue, env=cli_env),
+                _cli("monitor", "--once", "--broker", dead_redis, "--queues", queue, env=cli_env),
+            ]
             assert "redis://:***@" in cli[3] and "<hidden>" in cli[1], cli
             if "doctor" in _cli("--help", env=cli_env):  # `otel-agensium doctor`, where it exists
-                cli += [_cli("doctor", "-A", "tests.apps.input_app", "--queues", queue, "--timeout", "2", env=cli_env),
-                        _cli("doctor", "--broker", dead_redis, "--timeout", "1", "--json", env=cli_env)]
-            wait_for(lambda: {"web-secrets", "worker-secrets"} <= {s["resource"].get("service.name")
-                                                                   for s in receiver.spans()}
-                     and len(receiver.log_records()) > 10, timeout=30)
+                cli += [
+                    _cli("doctor", "-A", "tests.apps.input_app", "--queues", queue, "--timeout", "2", env=cli_env),
+                    _cli("doctor", "--broker", dead_redis, "--timeout", "1", "--json", env=cli_env),
+                ]
+            wait_for(
+                lambda: (
+                    {"web-secrets", "worker-secrets"} <= {s["resource"].get("service.name") for s in receiver.spans()}
+                    and len(receiver.log_records()) > 10
+                ),
+                timeout=30,
+            )
             time.sleep(1.5)  # the last batches and a metric export
             web.stop()
             web_stopped = web
@@ -352,18 +425,21 @@ def test_no_secret_in_any_output(tmp_path):
         "health bodies": bodies,
         "CLI output": cli,
     }
-    leaks = {name: [text[:200] for text in texts if PASSWORD in text or TOKEN in text]
-             for name, texts in sources.items()}
+    leaks = {
+        name: [text[:200] for text in texts if PASSWORD in text or TOKEN in text] for name, texts in sources.items()
+    }
     leaks = {name: found for name, found in leaks.items() if found}
     # Nothing is vacuous: the workload ran, the token was sent, the password was needed.
     services = {s["resource"].get("service.name") for s in receiver.spans()}
     assert {"web-secrets", "worker-secrets"} <= services
     assert authorization and set(authorization) == {f"Bearer {TOKEN}"}
     sizes = ", ".join(f"{name}: {len(texts)}" for name, texts in sources.items())
-    print(f"\n[drill secrets] Redis password in the broker URL and a bearer token in OTEL_EXPORTER_OTLP_HEADERS "
-          f"(sent on {len(authorization)} exports); searched {sizes} ({len(receiver.spans())} spans, "
-          f"{len(receiver.log_records())} log records): occurrences {sum(map(len, leaks.values()))}"
-          + (f" {leaks}" if leaks else ""))
+    print(
+        f"\n[drill secrets] Redis password in the broker URL and a bearer token in OTEL_EXPORTER_OTLP_HEADERS "
+        f"(sent on {len(authorization)} exports); searched {sizes} ({len(receiver.spans())} spans, "
+        f"{len(receiver.log_records())} log records): occurrences {sum(map(len, leaks.values()))}"
+        + (f" {leaks}" if leaks else "")
+    )
     assert not leaks, leaks
 
 
@@ -389,8 +465,14 @@ def test_broken_telemetry_never_fails_a_task(redis_server):
     sent_at = {"agensium_sent_at": time.time()}  # as an otel-agensium publisher stamps it: prerun measures
     with Receiver() as receiver:
         # Broken on purpose: hook errors are counted and logged here, not raised as in the other tests.
-        worker = celery_worker("tests.apps.buggy_app", redis_server.url, receiver.endpoint, queue, name="buggy",
-                               env={"AGENSIUM_RAISE_HOOK_ERRORS": "false"})
+        worker = celery_worker(
+            "tests.apps.buggy_app",
+            redis_server.url,
+            receiver.endpoint,
+            queue,
+            name="buggy",
+            env={"AGENSIUM_RAISE_HOOK_ERRORS": "false"},
+        )
         try:
             oks = [app.send_task("i.take", ("x" * i,), queue=queue, headers=sent_at) for i in range(12)]
             fails = [app.send_task("i.take_fail", ("x",), queue=queue, headers=sent_at) for _ in range(4)]
@@ -403,28 +485,40 @@ def test_broken_telemetry_never_fails_a_task(redis_server):
             counted = sorted(r.get(timeout=60) for r in incrs)
             assert len(set(counted)) == 6 and counted == list(range(counted[0], counted[0] + 6))
             errors = {}
-            for reply in [r.get(timeout=60) for r in
-                          [app.send_task("b.hook_errors", (0.5,), queue=queue) for _ in range(4)]]:
+            for reply in [
+                r.get(timeout=60) for r in [app.send_task("b.hook_errors", (0.5,), queue=queue) for _ in range(4)]
+            ]:
                 errors[reply["pid"]] = reply["errors"]
             assert worker.proc.poll() is None
-            runs = wait_for(lambda: len([s for s in receiver.spans() if s["name"].startswith("run/")]) >= 22
-                            and receiver.spans(), timeout=30)
+            runs = wait_for(
+                lambda: len([s for s in receiver.spans() if s["name"].startswith("run/")]) >= 22 and receiver.spans(),
+                timeout=30,
+            )
         finally:
             worker.stop()
 
     lines = _hook_lines(worker.lines)
     hooks = {hook for _, hook in lines}
     pids = {pid for pid, _ in lines}
-    print(f"\n[drill broken-telemetry] BoundedLabels, the log context helper, the OTLP log severity and the Redis "
-          f"span filter raising in every process: 12 ok + 4 failing + 6 Redis tasks all reported their own "
-          f"outcome; {len(lines)} 'hook ... failed' lines for {len(hooks)} hooks in {len(pids)} processes, "
-          f"max {max(lines.values())} per hook and process; counted in the children: "
-          f"{ {pid: sum(e.values()) for pid, e in errors.items()} }; run spans exported: "
-          f"{len([s for s in runs if s['name'].startswith('run/')])}")
+    print(
+        f"\n[drill broken-telemetry] BoundedLabels, the log context helper, the OTLP log severity and the Redis "
+        f"span filter raising in every process: 12 ok + 4 failing + 6 Redis tasks all reported their own "
+        f"outcome; {len(lines)} 'hook ... failed' lines for {len(hooks)} hooks in {len(pids)} processes, "
+        f"max {max(lines.values())} per hook and process; counted in the children: "
+        f"{ {pid: sum(e.values()) for pid, e in errors.items()} }; run spans exported: "
+        f"{len([s for s in runs if s['name'].startswith('run/')])}"
+    )
     assert set(lines.values()) == {1}, lines  # logged exactly once per hook and process
-    expected = {"CeleryIntegration._on_received", "CeleryIntegration._on_unknown", "CeleryIntegration._on_prerun",
-                "CeleryIntegration._on_postrun", "CeleryIntegration._on_failure", "ContextFilter._stamp",
-                "OTLPHandler.emit", "redis_traffic.should_trace"}
+    expected = {
+        "CeleryIntegration._on_received",
+        "CeleryIntegration._on_unknown",
+        "CeleryIntegration._on_prerun",
+        "CeleryIntegration._on_postrun",
+        "CeleryIntegration._on_failure",
+        "ContextFilter._stamp",
+        "OTLPHandler.emit",
+        "redis_traffic.should_trace",
+    }
     assert expected <= hooks, hooks
     for counts in errors.values():  # counted every time, logged once
         assert counts.get("CeleryIntegration._on_postrun", 0) >= 1 and sum(counts.values()) > len(counts), counts

@@ -51,8 +51,11 @@ def assert_same(spans) -> bytes:
 
 def remote_context(trace_state: TraceState | None = None) -> SpanContext:
     return SpanContext(
-        0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=trace_state,
+        0x4BF92F3577B34DA6A3CE929D0E0E4736,
+        0x00F067AA0BA902B7,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_state=trace_state,
     )
 
 
@@ -65,17 +68,35 @@ FIELDS = {
     resource_pb2.Resource: {"attributes": 1},
     common_pb2.InstrumentationScope: {"name": 1, "version": 2, "attributes": 3},
     trace_pb2.Span: {
-        "trace_id": 1, "span_id": 2, "trace_state": 3, "parent_span_id": 4, "name": 5, "kind": 6,
-        "start_time_unix_nano": 7, "end_time_unix_nano": 8, "attributes": 9, "dropped_attributes_count": 10,
-        "events": 11, "dropped_events_count": 12, "links": 13, "dropped_links_count": 14, "status": 15, "flags": 16,
+        "trace_id": 1,
+        "span_id": 2,
+        "trace_state": 3,
+        "parent_span_id": 4,
+        "name": 5,
+        "kind": 6,
+        "start_time_unix_nano": 7,
+        "end_time_unix_nano": 8,
+        "attributes": 9,
+        "dropped_attributes_count": 10,
+        "events": 11,
+        "dropped_events_count": 12,
+        "links": 13,
+        "dropped_links_count": 14,
+        "status": 15,
+        "flags": 16,
     },
     trace_pb2.Span.Event: {"time_unix_nano": 1, "name": 2, "attributes": 3, "dropped_attributes_count": 4},
     trace_pb2.Span.Link: {"trace_id": 1, "span_id": 2, "attributes": 4, "dropped_attributes_count": 5, "flags": 6},
     trace_pb2.Status: {"message": 2, "code": 3},
     common_pb2.KeyValue: {"key": 1, "value": 2},
     common_pb2.AnyValue: {
-        "string_value": 1, "bool_value": 2, "int_value": 3, "double_value": 4,
-        "array_value": 5, "kvlist_value": 6, "bytes_value": 7,
+        "string_value": 1,
+        "bool_value": 2,
+        "int_value": 3,
+        "double_value": 4,
+        "array_value": 5,
+        "kvlist_value": 6,
+        "bytes_value": 7,
     },
     common_pb2.ArrayValue: {"values": 1},
     common_pb2.KeyValueList: {"values": 1},
@@ -233,8 +254,9 @@ def test_parents_kinds_events_links_status():
             child.add_event("checkpoint", {"step": 1, "what": "ok"}, timestamp=1_700_000_000_123_456_789)
             child.add_event("bare")
             child.set_status(Status(StatusCode.OK))
-    with tracer.start_as_current_span("run/t.incr", context=remote_parent, kind=SpanKind.CONSUMER,
-                                      links=[link_remote, link_local]) as run:
+    with tracer.start_as_current_span(
+        "run/t.incr", context=remote_parent, kind=SpanKind.CONSUMER, links=[link_remote, link_local]
+    ) as run:
         run.set_attribute("celery.task_id", "a2c5b1f0-3f5e-4c1e-9d7a-6b8e2f1c0d3a")
         try:
             raise ValueError("boom: ünïcode")
@@ -266,8 +288,7 @@ def test_parents_kinds_events_links_status():
 
 
 def test_dropped_counts():
-    limits = SpanLimits(max_span_attributes=2, max_events=1, max_links=1, max_event_attributes=1,
-                        max_link_attributes=1)
+    limits = SpanLimits(max_span_attributes=2, max_events=1, max_links=1, max_event_attributes=1, max_link_attributes=1)
     tp, exporter = provider(span_limits=limits)
     links = [Link(remote_context(), {"c": 3}), Link(remote_context(), {"a": 1, "b": 2})]  # the newest is kept
     with tp.get_tracer("test").start_as_current_span("limited", links=links) as span:
@@ -296,8 +317,9 @@ def test_resources_and_scopes_are_grouped_as_the_official_encoder_does():
         ("", None, None, None),
     ]
     for tp in (tp_a, tp_a2, tp_b):
-        tracers = [tp.get_tracer(name, version, schema_url, attributes) for name, version, schema_url, attributes
-                   in scopes]
+        tracers = [
+            tp.get_tracer(name, version, schema_url, attributes) for name, version, schema_url, attributes in scopes
+        ]
         for round_ in range(3):
             for i, tracer in enumerate(tracers):
                 with tracer.start_as_current_span(f"span-{round_}-{i}"):
@@ -323,9 +345,21 @@ def test_spans_without_scope_and_built_by_hand():
         # no scope, plain-dict attributes, no end time
         ReadableSpan("no-scope", ctx, parent, RESOURCE, {"a": "b", "bad": object()}, start_time=5),
         ReadableSpan("empty", ctx, resource=RESOURCE, status=None),  # no status at all
-        ReadableSpan("events", ctx, None, RESOURCE, None, (Event("e", {"k": "v"}, timestamp=9),),
-                     (Link(parent, None),), SpanKind.PRODUCER, None, Status(StatusCode.OK, "ignored for OK"),
-                     1, 2, InstrumentationScope("s", "v", "", {"a": 1})),
+        ReadableSpan(
+            "events",
+            ctx,
+            None,
+            RESOURCE,
+            None,
+            (Event("e", {"k": "v"}, timestamp=9),),
+            (Link(parent, None),),
+            SpanKind.PRODUCER,
+            None,
+            Status(StatusCode.OK, "ignored for OK"),
+            1,
+            2,
+            InstrumentationScope("s", "v", "", {"a": 1}),
+        ),
     ]
     assert_same(spans)
 
@@ -346,8 +380,9 @@ def test_public_property_path_when_the_sdk_internals_are_not_as_expected(monkeyp
     tracer = tp.get_tracer("test", "1")
     state = TraceState([("v", "1")])
     parent = trace.set_span_in_context(NonRecordingSpan(remote_context(state)))
-    with tracer.start_as_current_span("p", context=parent, attributes=ATTRIBUTES,
-                                      links=[Link(remote_context(), {"l": 1})]) as span:
+    with tracer.start_as_current_span(
+        "p", context=parent, attributes=ATTRIBUTES, links=[Link(remote_context(), {"l": 1})]
+    ) as span:
         span.record_exception(RuntimeError("x"))
     spans = exporter.get_finished_spans()
     fast = encode_spans(spans)
@@ -367,8 +402,19 @@ def test_property_path_gives_the_same_bytes():
         s.add_event("e", {"k": "v"})
     (span,) = exporter.get_finished_spans()
     copy = _SubclassedSpan(
-        span.name, span.context, span.parent, span.resource, span._attributes, span._events, span._links,
-        span.kind, None, span.status, span.start_time, span.end_time, span.instrumentation_scope,
+        span.name,
+        span.context,
+        span.parent,
+        span.resource,
+        span._attributes,
+        span._events,
+        span._links,
+        span.kind,
+        None,
+        span.status,
+        span.start_time,
+        span.end_time,
+        span.instrumentation_scope,
     )
     assert encode_spans([copy]) == encode_spans([span]) == official_encode_spans([span]).SerializeToString()
 
@@ -397,10 +443,15 @@ def _celery_like_spans(n: int = 20):
     redis_tracer = tp.get_tracer("opentelemetry.instrumentation.redis", "0.66b2")
     parent = trace.set_span_in_context(NonRecordingSpan(remote_context()))
     for i in range(n):
-        with celery_tracer.start_as_current_span("run/t.incr", context=parent, kind=SpanKind.CONSUMER,
-                                                 attributes={"celery.action": "run", "celery.task_id": str(i)}):
-            with redis_tracer.start_as_current_span("INCR", kind=SpanKind.CLIENT,
-                                                    attributes={"db.system": "redis", "net.peer.port": 6379}):
+        with celery_tracer.start_as_current_span(
+            "run/t.incr",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={"celery.action": "run", "celery.task_id": str(i)},
+        ):
+            with redis_tracer.start_as_current_span(
+                "INCR", kind=SpanKind.CLIENT, attributes={"db.system": "redis", "net.peer.port": 6379}
+            ):
                 pass
     return exporter.get_finished_spans()
 
@@ -409,8 +460,9 @@ def _celery_like_spans(n: int = 20):
 def test_exporter_sends_the_same_spans_to_an_otlp_receiver(compression):
     spans = _celery_like_spans()
     with Receiver() as receiver:
-        exporter = FastOTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces", compression=compression,
-                                        headers={"x-test": "1"}, timeout=5)
+        exporter = FastOTLPSpanExporter(
+            endpoint=f"{receiver.endpoint}/v1/traces", compression=compression, headers={"x-test": "1"}, timeout=5
+        )
         assert exporter.export(spans) is SpanExportResult.SUCCESS
         wait_for(lambda: receiver.traces)
         exporter.shutdown()
@@ -440,9 +492,12 @@ def test_parent_export_is_the_one_this_exporter_copies():
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     source = inspect.getsource(OTLPSpanExporter.export)
-    for line in ("encode_spans(spans).SerializePartialToString()", "self._metrics.export_operation(len(spans))",
-                 "_is_request_too_large(serialized_data, self._max_request_size)",
-                 "self._client.export(serialized_data)"):
+    for line in (
+        "encode_spans(spans).SerializePartialToString()",
+        "self._metrics.export_operation(len(spans))",
+        "_is_request_too_large(serialized_data, self._max_request_size)",
+        "self._client.export(serialized_data)",
+    ):
         assert line in source
 
 

@@ -47,8 +47,11 @@ class Counting:
 
 
 def _warnings(caplog):
-    return [r.getMessage() for r in caplog.records if r.name == "otel_agensium" and "fast OTLP span encoder" in
-            r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "otel_agensium" and "fast OTLP span encoder" in r.getMessage()
+    ]
 
 
 def _export(receiver, batches):
@@ -91,12 +94,13 @@ def test_bytes_that_differ_fall_back_to_the_official_encoder_logged_once(receive
     assert FastOTLPSpanExporter.fast is False
     assert receiver.raw == [official_encode(b) for b in batches]  # what went out is the official message
     assert fast.calls == 1  # never again after the check
-    assert _warnings(caplog) == ["otel-agensium: fast OTLP span encoder wrote bytes that differ from the official "
-                                 "encoder's; using the official encoder from now on"]
+    assert _warnings(caplog) == [
+        "otel-agensium: fast OTLP span encoder wrote bytes that differ from the official "
+        "encoder's; using the official encoder from now on"
+    ]
 
 
-def test_an_encoding_error_resends_that_batch_officially_and_turns_the_fast_path_off(receiver, monkeypatch,
-                                                                                     caplog):
+def test_an_encoding_error_resends_that_batch_officially_and_turns_the_fast_path_off(receiver, monkeypatch, caplog):
     fast = Counting(fastencode.encode_spans, fail_after=4)  # proves itself (2 calls), two batches, then raises
     monkeypatch.setattr(fastencode, "encode_spans", fast)
     batches = [_celery_like_spans(2) for _ in range(4)]
@@ -105,8 +109,9 @@ def test_an_encoding_error_resends_that_batch_officially_and_turns_the_fast_path
     assert FastOTLPSpanExporter.fast is False
     assert receiver.raw == [official_encode(b) for b in batches]  # the failed batch was not lost
     assert fast.calls == 5
-    assert _warnings(caplog) == ["otel-agensium: fast OTLP span encoder failed (ValueError: encoder bug); "
-                                 "using the official encoder from now on"]
+    assert _warnings(caplog) == [
+        "otel-agensium: fast OTLP span encoder failed (ValueError: encoder bug); using the official encoder from now on"
+    ]
 
 
 def test_an_error_on_the_first_batch_falls_back_too(receiver, monkeypatch, caplog):
@@ -138,8 +143,11 @@ def test_setting_off_uses_the_official_exporter(receiver):
 
 def test_exporter_packages_pinned_to_the_minor_versions_proven_here():
     pyproject = (ROOT / "pyproject.toml").read_text()
-    for package in ("opentelemetry-exporter-otlp-proto-http", "opentelemetry-exporter-otlp-proto-common",
-                    "opentelemetry-proto"):
+    for package in (
+        "opentelemetry-exporter-otlp-proto-http",
+        "opentelemetry-exporter-otlp-proto-common",
+        "opentelemetry-proto",
+    ):
         match = re.search(rf'"{package}>=(\d+)\.(\d+)(?:\.\d+)?,<(\d+)\.(\d+)"', pyproject)
         assert match, f"{package} is not pinned to one minor version"
         low, high = (int(match[1]), int(match[2])), (int(match[3]), int(match[4]))

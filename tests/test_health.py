@@ -111,6 +111,7 @@ def test_redis_down_503_within_3s_then_back_to_200(stack):
     first_503 = time.monotonic() - killed
     assert response is not None and response.status_code == 503, response and response.text
     assert response.json()["status"] == "not ready"
+
     # one check may still show its answer from just before the kill (cache ttl 1 s); then both fail
     def both_failed():
         response = _get(base, "/health/ready")[0]
@@ -127,8 +128,10 @@ def test_redis_down_503_within_3s_then_back_to_200(stack):
     assert {r.status_code for r, _ in burst} == {503}
     queue_view, _ = _get(base, "/health/queue")
     assert queue_view.status_code == 503 and queue_view.json()["redis"]["ok"] is False
-    print(f"\nredis killed: first 503 after {first_503:.2f} s; /health/ready latencies "
-          f"{', '.join(f'{t:.3f}' for t in latencies)} s; burst max {max(t for _, t in burst):.3f} s")
+    print(
+        f"\nredis killed: first 503 after {first_503:.2f} s; /health/ready latencies "
+        f"{', '.join(f'{t:.3f}' for t in latencies)} s; burst max {max(t for _, t in burst):.3f} s"
+    )
 
     server.start()  # the same port
     restarted = time.monotonic()
@@ -137,8 +140,7 @@ def test_redis_down_503_within_3s_then_back_to_200(stack):
         return _get(base, "/health/ready")[0].status_code == 200
 
     wait_for(ready_again, timeout=90, interval=0.5)  # the worker reconnects to the broker first
-    print(f"redis restarted on port {server.port}: /health/ready 200 again after "
-          f"{time.monotonic() - restarted:.1f} s")
+    print(f"redis restarted on port {server.port}: /health/ready 200 again after {time.monotonic() - restarted:.1f} s")
 
 
 def test_frozen_redis_503_within_3s_not_a_hang(stack):
@@ -159,8 +161,10 @@ def test_frozen_redis_503_within_3s_not_a_hang(stack):
         assert response is not None and response.status_code == 503, response and response.text
         assert "Timeout" in response.json()["checks"]["redis"]["error"], response.text
         assert _get(base, "/health")[0].status_code == 200
-        print(f"\nredis frozen: 503 after {time.monotonic() - frozen:.2f} s; /health/ready latencies "
-              f"{', '.join(f'{t:.3f}' for t in latencies)} s")
+        print(
+            f"\nredis frozen: 503 after {time.monotonic() - frozen:.2f} s; /health/ready latencies "
+            f"{', '.join(f'{t:.3f}' for t in latencies)} s"
+        )
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: _get(base, "/health/ready")[0].status_code == 200, timeout=60, interval=0.5)
@@ -185,8 +189,7 @@ def test_password_never_in_health_bodies_logs_or_spans(receiver):
     try:
         queue = f"agp-{uuid.uuid4().hex[:6]}"
         worker = celery_worker("tests.apps.tasks_app", server.url, receiver.endpoint, queue, name="pw")
-        web, base = _serve(server.url, receiver, "web-health-pw", HEALTH_REDIS_URL=server.url,
-                           HEALTH_QUEUES=queue)
+        web, base = _serve(server.url, receiver, "web-health-pw", HEALTH_REDIS_URL=server.url, HEALTH_QUEUES=queue)
         bodies = []
         ready = wait_for(lambda: (r := _get(base, "/health/ready")[0]).status_code == 200 and r, timeout=30)
         bodies.append(ready.text)
@@ -196,8 +199,9 @@ def test_password_never_in_health_bodies_logs_or_spans(receiver):
         bodies += [queue_view.text, _get(base, "/health")[0].text]
 
         server.stop()  # now every check fails: the error text must be scrubbed too
-        failing = wait_for(lambda: not (r := _get(base, "/health/ready")[0]).json()["checks"]["redis"]["ok"] and r,
-                           timeout=10)
+        failing = wait_for(
+            lambda: not (r := _get(base, "/health/ready")[0]).json()["checks"]["redis"]["ok"] and r, timeout=10
+        )
         assert failing.status_code == 503 and failing.json()["checks"]["redis"]["error"]
         bodies += [failing.text, _get(base, "/health/queue")[0].text]
         web.wait_for_line("health check redis failed", timeout=10)
@@ -208,8 +212,9 @@ def test_password_never_in_health_bodies_logs_or_spans(receiver):
         for body in bodies:
             assert PASSWORD not in body, body
         assert PASSWORD not in web_output
-        spans = wait_for(lambda: [s for s in receiver.spans()
-                                  if s["resource"].get("service.name") == "web-health-pw"], timeout=10)
+        spans = wait_for(
+            lambda: [s for s in receiver.spans() if s["resource"].get("service.name") == "web-health-pw"], timeout=10
+        )
         assert any(s["attributes"].get("http.route") == "/health/ready" for s in spans), spans[:3]
         raw = b"".join(receiver.raw)
         assert PASSWORD.encode() not in raw

@@ -54,9 +54,14 @@ print(json.dumps({"before": before, "after": state(), "enabled": handle.enabled,
 
 def _configure_with_failure(where: str, tmp_path) -> tuple[dict, str]:
     env_path = str(ROOT)
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, where, str(tmp_path / "app.log")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60,
-                          env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, where, str(tmp_path / "app.log")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
@@ -73,8 +78,16 @@ def test_a_failing_integration_leaves_nothing_behind(where, tmp_path):
 def test_without_a_failure_the_same_script_installs_everything(tmp_path):
     report, _ = _configure_with_failure("none", tmp_path)
     assert report["enabled"] is True
-    assert report["installed"] == ["celery", "celery-beat", "celery-canvas", "celery-worker-tasks", "error_counters",
-                                  "logs", "redis", "web"]  # worker probes only with AGENSIUM_WORKER_PROBE_PORT
+    assert report["installed"] == [
+        "celery",
+        "celery-beat",
+        "celery-canvas",
+        "celery-worker-tasks",
+        "error_counters",
+        "logs",
+        "redis",
+        "web",
+    ]  # worker probes only with AGENSIUM_WORKER_PROBE_PORT
     after, before = report["after"], report["before"]
     assert after["receivers"]["task_prerun"] == before["receivers"]["task_prerun"] + 3  # ours, the tracer's, canvas's
     assert after["redis_wrapped"] and after["pipeline_wrapped"] and after["fastapi_wrapped"]

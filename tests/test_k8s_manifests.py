@@ -20,8 +20,9 @@ K8S = ROOT / "deploy" / "kubernetes"
 def test_every_manifest_validates_against_the_api_types():
     # `go test` caches a passing run until a file it read changes: CI compiles once, then pays ~1 s.
     env = {**os.environ, "GOFLAGS": "-mod=mod"}
-    done = subprocess.run(["go", "test", "./..."], cwd=K8S / "validate", env=env, capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+        ["go", "test", "./..."], cwd=K8S / "validate", env=env, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "ok" in done.stdout
 

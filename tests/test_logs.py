@@ -42,10 +42,18 @@ def records_with_scope(receiver) -> list[dict]:
             resource = attrs(rl.resource.attributes)
             for sl in rl.scope_logs:
                 for rec in sl.log_records:
-                    out.append({"scope": sl.scope.name, "resource": resource, "body": rec.body.string_value,
-                                "attributes": attrs(rec.attributes), "trace_id": rec.trace_id.hex(),
-                                "span_id": rec.span_id.hex(), "severity": rec.severity_text,
-                                "severity_number": rec.severity_number})
+                    out.append(
+                        {
+                            "scope": sl.scope.name,
+                            "resource": resource,
+                            "body": rec.body.string_value,
+                            "attributes": attrs(rec.attributes),
+                            "trace_id": rec.trace_id.hex(),
+                            "span_id": rec.span_id.hex(),
+                            "severity": rec.severity_text,
+                            "severity_number": rec.severity_number,
+                        }
+                    )
     return out
 
 
@@ -78,8 +86,11 @@ def workload(worker, tasks, receiver):
     ids = {"sleep": sleep_ids, "fail": fail.id, "bound": bound.id, "handlers": handlers.get(timeout=60)}
 
     def run_spans():
-        found = {s["attributes"].get("celery.task_id"): s for s in receiver.spans()
-                 if s["name"] in ("run/t.log_sleep", "run/t.log_fail")}
+        found = {
+            s["attributes"].get("celery.task_id"): s
+            for s in receiver.spans()
+            if s["name"] in ("run/t.log_sleep", "run/t.log_fail")
+        }
         wanted = [*sleep_ids, fail.id]
         return {i: found[i] for i in wanted} if all(i in found for i in wanted) else None
 
@@ -113,7 +124,11 @@ def test_task_lines_are_json_with_task_and_trace_ids(worker, workload):
         after = next(line for line in lines if line["message"].startswith("log_sleep after"))
         assert after["slept"] == 1.0 and after["detail"] == {"k": [1, 2]}  # extra={...} as JSON
         assert (after["logger"], after["module"], after["function"], after["level"]) == (
-            "tasks_app", "tasks_app", "log_sleep", "INFO")
+            "tasks_app",
+            "tasks_app",
+            "log_sleep",
+            "INFO",
+        )
         assert isinstance(after["line"], int)
 
 
@@ -190,8 +205,11 @@ def test_exception_in_task_is_one_json_line(receiver, worker, workload):
             assert raw.startswith("{") and json.loads(raw), raw
 
     def otlp_error():
-        return [r for r in records_with_scope(receiver)
-                if r["attributes"].get("task_id") == task_id and "exception.type" in r["attributes"]]
+        return [
+            r
+            for r in records_with_scope(receiver)
+            if r["attributes"].get("task_id") == task_id and "exception.type" in r["attributes"]
+        ]
 
     (record,) = wait_for(otlp_error, timeout=30)
     assert record["attributes"]["exception.type"] == "ValueError"
@@ -233,15 +251,28 @@ def test_lines_outside_tasks_have_no_stale_context(worker, workload):
 
 
 def test_logs_off_exports_nothing_and_installs_no_handler(redis_server, receiver, tasks):
-    proc = celery_worker("tests.apps.tasks_app", redis_server.url, receiver.endpoint, "logs_off",
-                         name="logsoff", concurrency=1, env={"AGENSIUM_LOGS": "false"})
+    proc = celery_worker(
+        "tests.apps.tasks_app",
+        redis_server.url,
+        receiver.endpoint,
+        "logs_off",
+        name="logsoff",
+        concurrency=1,
+        env={"AGENSIUM_LOGS": "false"},
+    )
     try:
         ok = tasks.ok.apply_async((7,), queue="logs_off")
         handlers = tasks.log_handlers.apply_async(queue="logs_off").get(timeout=60)
         ok.get(timeout=60)
         # spans do arrive from this worker: the exporters work, only logs are off
-        wait_for(lambda: [s for s in receiver.spans() if s["name"] == "run/t.ok"
-                          and s["attributes"].get("celery.task_id") == ok.id], timeout=30)
+        wait_for(
+            lambda: [
+                s
+                for s in receiver.spans()
+                if s["name"] == "run/t.ok" and s["attributes"].get("celery.task_id") == ok.id
+            ],
+            timeout=30,
+        )
         time.sleep(1.0)  # well past OTEL_BLRP_SCHEDULE_DELAY=100ms
         assert [r for r in records_with_scope(receiver) if r["resource"].get("service.name") == SERVICE_OFF] == []
         assert not any(h.startswith("ours:") for h in handlers["root"] + handlers["celery.task"]), handlers
@@ -254,17 +285,27 @@ def test_logs_off_exports_nothing_and_installs_no_handler(redis_server, receiver
 
 def test_celery_logfile_and_rotating_file_get_json(redis_server, receiver, tasks, tmp_path):
     celery_log, our_log = tmp_path / "celery.log", tmp_path / "logs" / "agensium.log"
-    proc = celery_worker("tests.apps.tasks_app", redis_server.url, receiver.endpoint, "logs_file",
-                         name="logsfile", concurrency=1, extra_args=["--logfile", str(celery_log)],
-                         env={"AGENSIUM_LOG_FILE": str(our_log), "AGENSIUM_OTLP": "false"})
+    proc = celery_worker(
+        "tests.apps.tasks_app",
+        redis_server.url,
+        receiver.endpoint,
+        "logs_file",
+        name="logsfile",
+        concurrency=1,
+        extra_args=["--logfile", str(celery_log)],
+        env={"AGENSIUM_LOG_FILE": str(our_log), "AGENSIUM_OTLP": "false"},
+    )
     try:
         ok = tasks.ok.apply_async((8,), queue="logs_file")
         ok.get(timeout=60)
         wait_for(lambda: our_log.exists() and "ok task running with 8" in our_log.read_text(), timeout=15)
     finally:
         proc.stop()
-    for sink in (celery_log.read_text().splitlines(), our_log.read_text().splitlines(),
-                 [line for line in proc.lines if line.startswith("{")]):
+    for sink in (
+        celery_log.read_text().splitlines(),
+        our_log.read_text().splitlines(),
+        [line for line in proc.lines if line.startswith("{")],
+    ):
         lines = [json.loads(line) for line in sink]  # every line of each sink is JSON
         task_lines = [line for line in lines if line["message"] == "ok task running with 8"]
         assert len(task_lines) == 1, sink
@@ -288,8 +329,17 @@ def test_in_process_file_sink_context_and_uninstall(tmp_path, tasks, restore_log
     from opentelemetry.sdk.trace import TracerProvider
 
     path = tmp_path / "sub" / "app.log"
-    settings = load({"otlp": False, "log_stdout": False, "log_file": str(path), "log_file_max_bytes": 4096,
-                     "log_file_backups": 2, "service_name": "inproc", "log_level": "INFO"})
+    settings = load(
+        {
+            "otlp": False,
+            "log_stdout": False,
+            "log_file": str(path),
+            "log_file_max_bytes": 4096,
+            "log_file_backups": 2,
+            "service_name": "inproc",
+            "log_level": "INFO",
+        }
+    )
     root = logging.getLogger()
     before = list(root.handlers)
     assert logs.install(settings, build_resource(settings)) is None  # no OTLP: no LoggerProvider

@@ -15,9 +15,16 @@ def scrape(redis_server):
     from tests.apps import tasks_app
 
     port = free_port()
-    worker = celery_worker("tests.apps.tasks_app", redis_server.url, "http://127.0.0.1:9", "celery,profile",
-                           name="pull", pool="solo", concurrency=1,
-                           env={"AGENSIUM_PROMETHEUS_PORT": str(port), "AGENSIUM_OTLP": "false"})
+    worker = celery_worker(
+        "tests.apps.tasks_app",
+        redis_server.url,
+        "http://127.0.0.1:9",
+        "celery,profile",
+        name="pull",
+        pool="solo",
+        concurrency=1,
+        env={"AGENSIUM_PROMETHEUS_PORT": str(port), "AGENSIUM_OTLP": "false"},
+    )
     try:
         tasks_app.app.conf.broker_url = redis_server.url
         tasks_app.app.conf.result_backend = redis_server.url
@@ -27,8 +34,12 @@ def scrape(redis_server):
         with pytest.raises(ValueError):
             failed.get(timeout=30)
         url = f"http://127.0.0.1:{port}/metrics"
-        yield wait_for(lambda: (lambda body: body if 'celery_tasks_failed_total{' in body else None)(
-            httpx.get(url, timeout=5).text), timeout=30)
+        yield wait_for(
+            lambda: (lambda body: body if "celery_tasks_failed_total{" in body else None)(
+                httpx.get(url, timeout=5).text
+            ),
+            timeout=30,
+        )
     finally:
         worker.stop()
 
@@ -50,7 +61,6 @@ def test_types_buckets_and_label_sets(scrape):
             assert set(sample.labels) == {"task_name", "queue"}
     duration = families["celery_task_duration_seconds"]
     assert duration.type == "histogram"
-    les = [s.labels["le"] for s in duration.samples
-           if s.name.endswith("_bucket") and s.labels["task_name"] == "t.ok"]
+    les = [s.labels["le"] for s in duration.samples if s.name.endswith("_bucket") and s.labels["task_name"] == "t.ok"]
     assert les == ["5", "10", "30", "60", "120", "300", "600", "1200", "1800", "+Inf"]
     assert {frozenset(s.labels) - {"le"} for s in duration.samples} == {frozenset({"task_name", "queue"})}

@@ -70,7 +70,7 @@ def _collect(reader: InMemoryMetricReader) -> dict[str, dict]:
     """{metric name: {"unit": ..., "values": {queue: value}}} of one collection."""
     out: dict[str, dict] = {}
     data = reader.get_metrics_data()
-    for rm in (data.resource_metrics if data else []):
+    for rm in data.resource_metrics if data else []:
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
                 values = {dp.attributes["queue"]: dp.value for dp in metric.data.data_points}
@@ -229,9 +229,10 @@ def test_rabbitmq_depth_exact_with_priorities():
     if not _rabbit_reachable():
         pytest.skip("no RabbitMQ reachable at 127.0.0.1:5672 (amqp://guest:guest@127.0.0.1:5672//)")
     names = _names()
-    app = _app(RABBIT_URL, task_queues=[
-        Queue(names[key], routing_key=names[key], queue_arguments={"x-max-priority": 10}) for key in PLAN
-    ])
+    app = _app(
+        RABBIT_URL,
+        task_queues=[Queue(names[key], routing_key=names[key], queue_arguments={"x-max-priority": 10}) for key in PLAN],
+    )
     expected = _expected(names)
     try:
         _publish(app, names)
@@ -249,8 +250,17 @@ def test_rabbitmq_depth_exact_with_priorities():
 
 
 def _monitor(queues: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "otel_agensium.cli", "monitor", "-A", "tests.apps.tasks_app",
-            "--queues", queues, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "otel_agensium.cli",
+        "monitor",
+        "-A",
+        "tests.apps.tasks_app",
+        "--queues",
+        queues,
+        *extra,
+    ]
 
 
 def test_active_workers_drop_within_60s_of_sigkill(redis_server, receiver):
@@ -270,9 +280,14 @@ def test_active_workers_drop_within_60s_of_sigkill(redis_server, receiver):
     try:
         worker_b = celery_worker("tests.apps.tasks_app", redis_server.url, receiver.endpoint, qb, name=f"wb{tag}")
         # one-shot read: both workers, each on its queue
-        once = subprocess.run(_monitor(f"{qa},{qb}", "--once"),
-                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-                              capture_output=True, text=True, timeout=60)
+        once = subprocess.run(
+            _monitor(f"{qa},{qb}", "--once"),
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert once.returncode == 0, once.stderr
         report = json.loads(once.stdout.strip().splitlines()[-1])
         assert report["active_workers"][qa] == 1 and report["active_workers"][qb] == 1, report
@@ -307,8 +322,11 @@ def test_active_workers_drop_within_60s_of_sigkill(redis_server, receiver):
         assert dropped_after < 60
         assert workers().get(qb) == 1
         # the depth gauge comes from the same process
-        lengths = {p["attributes"]["queue"]: p["dp"].as_int for p in receiver.points(QUEUE_LENGTH).values()
-                   if p["resource"].get("service.name") == f"monitor-{tag}"}
+        lengths = {
+            p["attributes"]["queue"]: p["dp"].as_int
+            for p in receiver.points(QUEUE_LENGTH).values()
+            if p["resource"].get("service.name") == f"monitor-{tag}"
+        }
         assert lengths.get(qa) == 0 and lengths.get(qb) == 0, lengths
     finally:
         if monitor is not None:

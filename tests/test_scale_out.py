@@ -95,8 +95,11 @@ def _scrape(port: int) -> dict[str, float]:
 
 def _sum_metric(samples: dict[str, float], name: str, *label_parts: str) -> float:
     """Sum of a Collector counter's series (0.161's own metrics carry no `_total` suffix)."""
-    return sum(v for k, v in samples.items()
-               if k.startswith((name + "{", name + "_total{")) and all(part in k for part in label_parts))
+    return sum(
+        v
+        for k, v in samples.items()
+        if k.startswith((name + "{", name + "_total{")) and all(part in k for part in label_parts)
+    )
 
 
 class Cluster:
@@ -155,31 +158,55 @@ class Cluster:
             "receivers::otlp::protocols::grpc::endpoint": f"127.0.0.1:{free_port()}",
             "receivers::otlp::protocols::http::endpoint": f"127.0.0.1:{http_port}",
             "service::telemetry::metrics::readers": _telemetry(telemetry_port),
-            **{f"exporters::load_balancing/{s}::resolver::dns::{k}": v
-               for s in ("traces", "metrics", "logs") for k, v in (("port", f"\"{self.grpc_port}\""),
-                                                                     ("interval", interval))},
+            **{
+                f"exporters::load_balancing/{s}::resolver::dns::{k}": v
+                for s in ("traces", "metrics", "logs")
+                for k, v in (("port", f'"{self.grpc_port}"'), ("interval", interval))
+            },
         }
         wrapper = ["unshare", "-m", "sh", "-c", f'mount --bind "{self.hosts}" /etc/hosts && exec "$@"', "sh"]
-        agent = Collector(AGENT, sets=sets, name=f"agent {node}", prefix=wrapper,
-                          env={"NODE_NAME": node, "GATEWAY_HOSTNAME": GATEWAY_HOSTNAME}).start()
+        agent = Collector(
+            AGENT,
+            sets=sets,
+            name=f"agent {node}",
+            prefix=wrapper,
+            env={"NODE_NAME": node, "GATEWAY_HOSTNAME": GATEWAY_HOSTNAME},
+        ).start()
         self.agents.append(agent)
         self.agent_telemetry.append(telemetry_port)
         return agent, f"http://127.0.0.1:{http_port}"
 
     def start(self) -> Cluster:
         self.write_hosts((0, 1))
-        self.prometheus = prom.start_prometheus(self.workdir / "prom",
-                                                extra_args=["--web.enable-remote-write-receiver"])
+        self.prometheus = prom.start_prometheus(
+            self.workdir / "prom", extra_args=["--web.enable-remote-write-receiver"]
+        )
         for index in range(len(GATEWAY_IPS)):
             self.start_gateway(index)
         endpoints = self.agent_endpoints = [self.start_agent(node)[1] for node in ("host-a", "host-b")]
         for node, endpoint in zip(("host-a", "host-b"), endpoints, strict=True):
-            self.procs.append(celery_worker("tests.apps.tasks_app", self.redis_url, endpoint, QUEUE, name=node,
-                                            concurrency=2))
-        monitor = Proc([sys.executable, "-m", "otel_agensium.cli", "monitor", "-A", "tests.apps.tasks_app",
-                        "--queues", f"{QUEUE},{QUEUE}-backlog"], name="monitor",
-                       env={"TEST_BROKER_URL": self.redis_url, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoints[0],
-                            "OTEL_SERVICE_NAME": "celery-monitor", "OTEL_METRIC_EXPORT_INTERVAL": "500"})
+            self.procs.append(
+                celery_worker("tests.apps.tasks_app", self.redis_url, endpoint, QUEUE, name=node, concurrency=2)
+            )
+        monitor = Proc(
+            [
+                sys.executable,
+                "-m",
+                "otel_agensium.cli",
+                "monitor",
+                "-A",
+                "tests.apps.tasks_app",
+                "--queues",
+                f"{QUEUE},{QUEUE}-backlog",
+            ],
+            name="monitor",
+            env={
+                "TEST_BROKER_URL": self.redis_url,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoints[0],
+                "OTEL_SERVICE_NAME": "celery-monitor",
+                "OTEL_METRIC_EXPORT_INTERVAL": "500",
+            },
+        )
         self.procs.append(monitor)
         monitor.wait_for_line("otel-agensium monitor: watching", timeout=30)
         return self
@@ -252,8 +279,10 @@ class Cluster:
         """What the agents' load balancers gave up on (``send_failed``) or delivered (``sent``)."""
         samples = [_scrape(port) for port in self.agent_telemetry]
         return {
-            kind: sum(_sum_metric(s, f"otelcol_exporter_{outcome}_{kind}", f'exporter="load_balancing/{sig}"')
-                      for s in samples)
+            kind: sum(
+                _sum_metric(s, f"otelcol_exporter_{outcome}_{kind}", f'exporter="load_balancing/{sig}"')
+                for s in samples
+            )
             for kind, sig in (("spans", "traces"), ("metric_points", "metrics"), ("log_records", "logs"))
         }
 
@@ -291,8 +320,12 @@ def _finish(results: list) -> None:
 
 
 def _expected(before: dict[str, float], ok: int, fail: int) -> dict[str, float]:
-    return {"received": before["received"] + ok + fail, "succeeded": before["succeeded"] + ok,
-            "failed": before["failed"] + fail, "duration_count": before["duration_count"] + ok + fail}
+    return {
+        "received": before["received"] + ok + fail,
+        "succeeded": before["succeeded"] + ok,
+        "failed": before["failed"] + fail,
+        "duration_count": before["duration_count"] + ok + fail,
+    }
 
 
 def _figure(text: str) -> None:
@@ -301,9 +334,15 @@ def _figure(text: str) -> None:
 
 # -- the configs ------------------------------------------------------------------------------------
 
+
 def test_shipped_configs_validate():
-    env = {"NODE_NAME": "n", "GATEWAY_HOSTNAME": "otel-gateway", "REMOTE_WRITE_URL": "http://mimir/api/v1/push",
-           "TEMPO_OTLP_ENDPOINT": "http://tempo:4318", "LOKI_OTLP_ENDPOINT": "http://loki/otlp"}
+    env = {
+        "NODE_NAME": "n",
+        "GATEWAY_HOSTNAME": "otel-gateway",
+        "REMOTE_WRITE_URL": "http://mimir/api/v1/push",
+        "TEMPO_OTLP_ENDPOINT": "http://tempo:4318",
+        "LOKI_OTLP_ENDPOINT": "http://loki/otlp",
+    }
     for config, extra in ((AGENT, []), (GATEWAY, []), (GATEWAY, [TAIL_SAMPLING])):
         done = validate(config, extra_configs=extra, env=env)
         assert done.returncode == 0, f"{config.name} {extra}: {done.stderr[-2000:]}"
@@ -312,6 +351,7 @@ def test_shipped_configs_validate():
 
 
 # -- one workload, every count exact ----------------------------------------------------------------
+
 
 def test_counts_exact_traces_whole_series_on_one_gateway(cluster):
     before = cluster.totals()
@@ -322,8 +362,9 @@ def test_counts_exact_traces_whole_series_on_one_gateway(cluster):
 
     # Every task's trace arrived whole at exactly one gateway, and both gateways took a share.
     task_ids = {r.id for r in results}
-    wait_for(lambda: len(set().union(*[set(t) for t in cluster.spans_by_gateway(task_ids)])) == len(task_ids),
-             timeout=30)
+    wait_for(
+        lambda: len(set().union(*[set(t) for t in cluster.spans_by_gateway(task_ids)])) == len(task_ids), timeout=30
+    )
     by_gateway = cluster.spans_by_gateway(task_ids)
     traces = [set(t) for t in by_gateway]
     assert not traces[0] & traces[1], "a trace's spans reached both gateways"
@@ -353,15 +394,18 @@ def test_counts_exact_traces_whole_series_on_one_gateway(cluster):
     # Each process's series went to one gateway only (pool children have their own instance ids).
     instances = cluster.instances_by_gateway(taps)
     assert not instances[0] & instances[1], f"a process's series reached both gateways: {instances}"
-    in_prometheus = prom.query(cluster.prometheus,
-                               f'group by (job, instance) (celery_tasks_received_total{{queue="{QUEUE}"}})')
+    in_prometheus = prom.query(
+        cluster.prometheus, f'group by (job, instance) (celery_tasks_received_total{{queue="{QUEUE}"}})'
+    )
     labels = {(s["metric"]["job"], s["metric"]["instance"]) for s in in_prometheus["result"]}
     assert {job for job, _ in labels} == {"worker-host-a", "worker-host-b"}
     assert {instance for _, instance in labels} <= instances[0] | instances[1]
     assert len(labels) >= 2, labels  # at least one pool child per host ran tasks
-    _figure(f"{len(task_ids)} tasks: traces per gateway {len(traces[0])}/{len(traces[1])}, "
-            f"processes per gateway {len(instances[0])}/{len(instances[1])}, "
-            f"traces whose log lines went to the gateway of their spans {beside}/{len(logs)}")
+    _figure(
+        f"{len(task_ids)} tasks: traces per gateway {len(traces[0])}/{len(traces[1])}, "
+        f"processes per gateway {len(instances[0])}/{len(instances[1])}, "
+        f"traces whose log lines went to the gateway of their spans {beside}/{len(logs)}"
+    )
 
 
 def test_dashboards_and_alerts_unchanged_on_remote_write(cluster):
@@ -374,8 +418,10 @@ def test_dashboards_and_alerts_unchanged_on_remote_write(cluster):
         time.sleep(1.0)
     cluster.wait_totals(_expected(before, ok=8, fail=2))
     exprs = [(f"{name}: {where}", expr) for name, dash in _dashboards() for where, expr in prom.dashboard_promql(dash)]
-    exprs += [(f"alerts.yml: {name}", expr)
-              for name, expr in prom.rules_promql(yaml.safe_load((ROOT / "alerts.yml").read_text()))]
+    exprs += [
+        (f"alerts.yml: {name}", expr)
+        for name, expr in prom.rules_promql(yaml.safe_load((ROOT / "alerts.yml").read_text()))
+    ]
     errors, panels = [], set()
     for where, expr in exprs:
         try:
@@ -434,10 +480,19 @@ def test_worker_pod_command_sigterm_to_pid_1_loses_no_task_and_no_telemetry(clus
     args = [str(BIN / command[0]) if (BIN / command[0]).exists() else command[0], *command[1:]]
     args[args.index("-A") + 1] = "tests.apps.tasks_app"
     args[args.index("-Q") + 1] = queue
-    pod = Proc(args, name="worker pod", env={
-        **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "TEST_BROKER_URL": cluster.redis_url,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": cluster.agent_endpoints[0], "OTEL_METRIC_EXPORT_INTERVAL": "500",
-        "OTEL_PYTHON_DISTRO": "agensium", "OTEL_PYTHON_CONFIGURATOR": "agensium"})
+    pod = Proc(
+        args,
+        name="worker pod",
+        env={
+            **env,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "TEST_BROKER_URL": cluster.redis_url,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": cluster.agent_endpoints[0],
+            "OTEL_METRIC_EXPORT_INTERVAL": "500",
+            "OTEL_PYTHON_DISTRO": "agensium",
+            "OTEL_PYTHON_CONFIGURATOR": "agensium",
+        },
+    )
     try:
         pod.wait_for_line("ready.", timeout=60)
         # opentelemetry-instrument exec()ed celery: the started process is Celery's main process.
@@ -455,11 +510,14 @@ def test_worker_pod_command_sigterm_to_pid_1_loses_no_task_and_no_telemetry(clus
     assert [r.get(timeout=10) for r in results] == [3.0, 3.0]
     # The last export, flushed during the warm shutdown, carries both successes.
     cluster.wait_totals({"received": 2, "succeeded": 2, "failed": 0, "duration_count": 2}, queue=queue)
-    _figure(f"worker pod (profile pool's command): SIGTERM with 2 tasks running -> exit 0 after {stopped_in:.1f}s "
-            f"(grace {grace}s), both tasks succeeded and counted")
+    _figure(
+        f"worker pod (profile pool's command): SIGTERM with 2 tasks running -> exit 0 after {stopped_in:.1f}s "
+        f"(grace {grace}s), both tasks succeeded and counted"
+    )
 
 
 # -- a gateway dies mid-run -------------------------------------------------------------------------
+
 
 def test_gateway_killed_mid_run_agents_reroute_counters_exact(cluster):
     before = cluster.totals()
@@ -474,8 +532,7 @@ def test_gateway_killed_mid_run_agents_reroute_counters_exact(cluster):
     cluster.write_hosts((0,))  # the dead pod leaves the headless Service
     try:
         gone = {
-            "spans": _sum_metric(accepted, "otelcol_receiver_accepted_spans")
-            - _count(cluster.receivers[1], "spans"),
+            "spans": _sum_metric(accepted, "otelcol_receiver_accepted_spans") - _count(cluster.receivers[1], "spans"),
             "metric_points": _sum_metric(accepted, "otelcol_receiver_accepted_metric_points")
             - _count(cluster.receivers[1], "points"),
         }
@@ -487,10 +544,12 @@ def test_gateway_killed_mid_run_agents_reroute_counters_exact(cluster):
             time.sleep(0.5)
         arrived = _kept(cluster, task_ids)
         failed = {k: v - failed_before[k] for k, v in cluster.agent_counters().items()}
-        _figure(f"gateway 2 SIGKILLed after {done_at_kill}/60 tasks: task counters in Prometheus back to the exact "
-                f"totals {recovered:.1f}s after the kill; run spans arrived {len(arrived)}/60; "
-                f"taken in by gateway 2 but never passed on: about {gone['spans']:.0f} spans, "
-                f"{gone['metric_points']:.0f} metric points; agents' sends failed after retries: {json.dumps(failed)}")
+        _figure(
+            f"gateway 2 SIGKILLed after {done_at_kill}/60 tasks: task counters in Prometheus back to the exact "
+            f"totals {recovered:.1f}s after the kill; run spans arrived {len(arrived)}/60; "
+            f"taken in by gateway 2 but never passed on: about {gone['spans']:.0f} spans, "
+            f"{gone['metric_points']:.0f} metric points; agents' sends failed after retries: {json.dumps(failed)}"
+        )
         # Whatever was lost, the traces of tasks run after the re-route all arrived.
         assert len(arrived) >= 60 - done_at_kill - 4
         assert failed["metric_points"] == 0
@@ -504,12 +563,17 @@ def _count(receiver: Receiver, kind: str) -> int:
     """Spans or metric data points a receiver got, in every request so far."""
     if kind == "spans":
         return len(receiver.spans())
-    return sum(len(getattr(m, m.WhichOneof("data")).data_points)
-               for request in list(receiver.metrics) for rm in request.resource_metrics
-               for sm in rm.scope_metrics for m in sm.metrics)
+    return sum(
+        len(getattr(m, m.WhichOneof("data")).data_points)
+        for request in list(receiver.metrics)
+        for rm in request.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    )
 
 
 # -- tail sampling ----------------------------------------------------------------------------------
+
 
 def test_tail_sampling_keeps_failed_and_slow_and_a_ratio_metrics_exact(cluster):
     percentage = 25
@@ -530,8 +594,10 @@ def test_tail_sampling_keeps_failed_and_slow_and_a_ratio_metrics_exact(cluster):
         kept_ok = _kept(cluster, {r.id for r in ok})
         # The ratio policy hashes trace ids: binomial around 25% of 80 = 20 (sd 3.9); 4 sd either side.
         mean, sd = 80 * percentage / 100, math.sqrt(80 * 0.25 * 0.75)
-        _figure(f"tail sampling: kept 10/10 failed, 10/10 slow, {len(kept_ok)}/80 others ({percentage}% configured); "
-                "task counters exact")
+        _figure(
+            f"tail sampling: kept 10/10 failed, 10/10 slow, {len(kept_ok)}/80 others ({percentage}% configured); "
+            "task counters exact"
+        )
         assert mean - 4 * sd <= len(kept_ok) <= mean + 4 * sd
     finally:
         for index in range(len(GATEWAY_IPS)):
@@ -540,5 +606,9 @@ def test_tail_sampling_keeps_failed_and_slow_and_a_ratio_metrics_exact(cluster):
 
 
 def _kept(cluster: Cluster, task_ids: set[str]) -> set[str]:
-    return {s["attributes"].get("celery.task_id") for t in cluster.spans_by_gateway(task_ids)
-            for spans in t.values() for s in spans} & task_ids
+    return {
+        s["attributes"].get("celery.task_id")
+        for t in cluster.spans_by_gateway(task_ids)
+        for spans in t.values()
+        for s in spans
+    } & task_ids

@@ -16,8 +16,15 @@ CLI = str(BIN / "otel-agensium")
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGENSIUM_"))}
-    return subprocess.run([CLI, *args], env={**clean, **(env or {})}, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [CLI, *args],
+        env={**clean, **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_check_passes_on_defaults():
@@ -66,8 +73,12 @@ def test_demo_runs_prints_seed_metrics_and_trace_id_and_warns_once_on_bad_settin
     assert "trace_id=" in out
     trace_id = out.split("trace_id=")[1].split()[0]
     assert len(trace_id) == 32 and int(trace_id, 16)
-    for name in ("celery_tasks_received_total{", "celery_tasks_succeeded_total{", "celery_tasks_failed_total{",
-                 "celery_tasks_retried_total{"):
+    for name in (
+        "celery_tasks_received_total{",
+        "celery_tasks_succeeded_total{",
+        "celery_tasks_failed_total{",
+        "celery_tasks_retried_total{",
+    ):
         assert name in out
     assert 'celery_task_duration_seconds_bucket{le="1800"' in out
     warnings = [line for line in result.stderr.splitlines() if "AGENSIUM_MAX_TASK_NAMES" in line]

@@ -18,38 +18,69 @@ from tests.procs import BIN, ROOT, free_port
 from tests.test_settings_cli import run_cli
 
 BAD: list[tuple[str, str]] = [
-    ("OTEL_SDK_DISABLED", "maybe"), ("OTEL_SDK_DISABLED", "2"),
+    ("OTEL_SDK_DISABLED", "maybe"),
+    ("OTEL_SDK_DISABLED", "2"),
     ("OTEL_SERVICE_NAME", "two\nlines"),
-    ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector"),
-    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:99999"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:99999"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "http//collector:4318"),
-    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "udp"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "udp"),
     ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-    ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"), ("OTEL_EXPORTER_OTLP_HEADERS", "=x"),
-    ("OTEL_TRACES_SAMPLER", "sometimes"), ("OTEL_TRACES_SAMPLER", "always"), ("OTEL_TRACES_SAMPLER", "ratio"),
-    ("OTEL_TRACES_SAMPLER_ARG", "1.5"), ("OTEL_TRACES_SAMPLER_ARG", "-0.1"), ("OTEL_TRACES_SAMPLER_ARG", "half"),
+    ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
+    ("OTEL_EXPORTER_OTLP_HEADERS", "=x"),
+    ("OTEL_TRACES_SAMPLER", "sometimes"),
+    ("OTEL_TRACES_SAMPLER", "always"),
+    ("OTEL_TRACES_SAMPLER", "ratio"),
+    ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+    ("OTEL_TRACES_SAMPLER_ARG", "-0.1"),
+    ("OTEL_TRACES_SAMPLER_ARG", "half"),
     ("OTEL_TRACES_SAMPLER_ARG", "nan"),
-    ("OTEL_METRIC_EXPORT_INTERVAL", "-1"), ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
-    ("OTEL_METRIC_EXPORT_INTERVAL", "abc"), ("OTEL_METRIC_EXPORT_INTERVAL", "1.5"),
-    ("AGENSIUM_TRACES", "maybe"), ("AGENSIUM_METRICS", "2"), ("AGENSIUM_LOGS", "TRUEE"), ("AGENSIUM_OTLP", "on!"),
-    ("AGENSIUM_LOG_STDOUT", "y e s"), ("AGENSIUM_RECORD_TASK_ARGS", "sometimes"),
-    ("AGENSIUM_PROMETHEUS_PORT", "-1"), ("AGENSIUM_PROMETHEUS_PORT", "65536"), ("AGENSIUM_PROMETHEUS_PORT", "http"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "-1"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "abc"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "1.5"),
+    ("AGENSIUM_TRACES", "maybe"),
+    ("AGENSIUM_METRICS", "2"),
+    ("AGENSIUM_LOGS", "TRUEE"),
+    ("AGENSIUM_OTLP", "on!"),
+    ("AGENSIUM_LOG_STDOUT", "y e s"),
+    ("AGENSIUM_RECORD_TASK_ARGS", "sometimes"),
+    ("AGENSIUM_PROMETHEUS_PORT", "-1"),
+    ("AGENSIUM_PROMETHEUS_PORT", "65536"),
+    ("AGENSIUM_PROMETHEUS_PORT", "http"),
     ("AGENSIUM_PROMETHEUS_PORT", "80.5"),
-    ("AGENSIUM_MAX_TASK_NAMES", "0"), ("AGENSIUM_MAX_TASK_NAMES", "-5"), ("AGENSIUM_MAX_TASK_NAMES", "many"),
+    ("AGENSIUM_MAX_TASK_NAMES", "0"),
+    ("AGENSIUM_MAX_TASK_NAMES", "-5"),
+    ("AGENSIUM_MAX_TASK_NAMES", "many"),
     ("AGENSIUM_MAX_TASK_NAMES", "1000001"),
-    ("AGENSIUM_QUEUES", ","), ("AGENSIUM_QUEUES", " , "),
-    ("AGENSIUM_REDIS_URL", "localhost:6379"), ("AGENSIUM_REDIS_URL", "http://redis:6379"),
+    ("AGENSIUM_QUEUES", ","),
+    ("AGENSIUM_QUEUES", " , "),
+    ("AGENSIUM_REDIS_URL", "localhost:6379"),
+    ("AGENSIUM_REDIS_URL", "http://redis:6379"),
     ("AGENSIUM_REDIS_URL", "redis://"),
-    ("AGENSIUM_HEALTH_TIMEOUT", "0"), ("AGENSIUM_HEALTH_TIMEOUT", "-1"), ("AGENSIUM_HEALTH_TIMEOUT", "forever"),
+    ("AGENSIUM_HEALTH_TIMEOUT", "0"),
+    ("AGENSIUM_HEALTH_TIMEOUT", "-1"),
+    ("AGENSIUM_HEALTH_TIMEOUT", "forever"),
     ("AGENSIUM_HEALTH_TIMEOUT", "301"),
-    ("AGENSIUM_LOG_LEVEL", "LOUD"), ("AGENSIUM_LOG_LEVEL", "5"),
-    ("AGENSIUM_LOG_FILE", "/etc/hostname/app.log"), ("AGENSIUM_LOG_FILE", "/"),
-    ("AGENSIUM_LOG_FILE_MAX_BYTES", "10"), ("AGENSIUM_LOG_FILE_MAX_BYTES", "1MB"),
-    ("AGENSIUM_LOG_FILE_BACKUPS", "-1"), ("AGENSIUM_LOG_FILE_BACKUPS", "lots"),
-    ("AGENSIUM_ENVIRONMENT", "prod\nstaging"), ("AGENSIUM_STRICT", "very"),
+    ("AGENSIUM_LOG_LEVEL", "LOUD"),
+    ("AGENSIUM_LOG_LEVEL", "5"),
+    ("AGENSIUM_LOG_FILE", "/etc/hostname/app.log"),
+    ("AGENSIUM_LOG_FILE", "/"),
+    ("AGENSIUM_LOG_FILE_MAX_BYTES", "10"),
+    ("AGENSIUM_LOG_FILE_MAX_BYTES", "1MB"),
+    ("AGENSIUM_LOG_FILE_BACKUPS", "-1"),
+    ("AGENSIUM_LOG_FILE_BACKUPS", "lots"),
+    ("AGENSIUM_ENVIRONMENT", "prod\nstaging"),
+    ("AGENSIUM_STRICT", "very"),
     ("AGENSIUM_PROMETHEUS_HOST", "a\nb"),
-    ("OTEL_BSP_SCHEDULE_DELAY", "abc"), ("OTEL_BSP_MAX_QUEUE_SIZE", "-5"), ("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "0"),
-    ("OTEL_EXPORTER_OTLP_TIMEOUT", "abc"), ("OTEL_EXPORTER_OTLP_COMPRESSION", "zip"),
+    ("OTEL_BSP_SCHEDULE_DELAY", "abc"),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "-5"),
+    ("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "0"),
+    ("OTEL_EXPORTER_OTLP_TIMEOUT", "abc"),
+    ("OTEL_EXPORTER_OTLP_COMPRESSION", "zip"),
 ]
 BY_ENV = {s.env: s for s in settings.SETTINGS}
 
@@ -88,7 +119,11 @@ APP = "import otel_agensium; h = otel_agensium.configure(); print('app running, 
 @pytest.mark.parametrize("env,value", BAD[::6], ids=[f"{e}={v!r}" for e, v in BAD[::6]])
 def test_app_started_with_bad_value_runs_on_default_with_one_warning(env, value):
     result = subprocess.run(
-        [str(BIN / "python"), "-c", APP], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [str(BIN / "python"), "-c", APP],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": str(BIN), env: value, "AGENSIUM_OTLP": "false", "AGENSIUM_LOGS": "false"},
     )
     assert result.returncode == 0, result.stderr
@@ -101,9 +136,18 @@ def test_app_started_with_bad_value_runs_on_default_with_one_warning(env, value)
 def test_strict_mode_refuses_to_start_in_one_line():
     result = subprocess.run(
         [str(BIN / "opentelemetry-instrument"), str(BIN / "python"), "-c", "print('app ran')"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={"PATH": str(BIN), "AGENSIUM_STRICT": "true", "AGENSIUM_MAX_TASK_NAMES": "many",
-             "OTEL_PYTHON_DISTRO": "agensium", "OTEL_PYTHON_CONFIGURATOR": "agensium", "AGENSIUM_OTLP": "false"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": str(BIN),
+            "AGENSIUM_STRICT": "true",
+            "AGENSIUM_MAX_TASK_NAMES": "many",
+            "OTEL_PYTHON_DISTRO": "agensium",
+            "OTEL_PYTHON_CONFIGURATOR": "agensium",
+            "AGENSIUM_OTLP": "false",
+        },
     )
     assert result.returncode == 2
     assert "app ran" not in result.stdout
@@ -114,20 +158,39 @@ def test_strict_mode_refuses_to_start_in_one_line():
 
 def test_sdk_read_variables_give_our_one_line_not_the_sdk_traceback():
     """The batch-processor and exporter variables are validated here and passed to the SDK explicitly."""
-    bad = {"OTEL_BSP_SCHEDULE_DELAY": "abc", "OTEL_BLRP_MAX_QUEUE_SIZE": "lots", "OTEL_EXPORTER_OTLP_TIMEOUT": "abc",
-           "OTEL_EXPORTER_OTLP_COMPRESSION": "zip", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "99999"}
-    code = ("import otel_agensium; from opentelemetry import trace; h = otel_agensium.configure(); "
-            "trace.get_tracer('t').start_span('s').end(); print('app running, telemetry', h.enabled); h.shutdown()")
+    bad = {
+        "OTEL_BSP_SCHEDULE_DELAY": "abc",
+        "OTEL_BLRP_MAX_QUEUE_SIZE": "lots",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "abc",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "zip",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "99999",
+    }
+    code = (
+        "import otel_agensium; from opentelemetry import trace; h = otel_agensium.configure(); "
+        "trace.get_tracer('t').start_span('s').end(); print('app running, telemetry', h.enabled); h.shutdown()"
+    )
     result = subprocess.run(
-        [str(BIN / "python"), "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={"PATH": str(BIN), "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
-             "OTEL_EXPORTER_OTLP_TIMEOUT": "1", **bad},
+        [str(BIN / "python"), "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": str(BIN),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+            **bad,
+        },
     )
     assert result.returncode == 0, result.stderr
     assert "app running, telemetry True" in result.stdout
     assert "Traceback" not in result.stderr
-    for env in ("OTEL_BSP_SCHEDULE_DELAY", "OTEL_BLRP_MAX_QUEUE_SIZE", "OTEL_EXPORTER_OTLP_TIMEOUT",
-                "OTEL_EXPORTER_OTLP_COMPRESSION"):
+    for env in (
+        "OTEL_BSP_SCHEDULE_DELAY",
+        "OTEL_BLRP_MAX_QUEUE_SIZE",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+    ):
         assert len([x for x in result.stderr.splitlines() if env in x]) == 1, (env, result.stderr)
     # a batch size larger than the queue is clamped, not a failed start-up
     assert "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" not in result.stderr

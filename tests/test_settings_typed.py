@@ -32,8 +32,10 @@ def test_a_bad_argument_names_the_argument_and_never_says_a_default_is_used():
     with pytest.raises(otel_agensium.ConfigurationError) as info:
         otel_agensium.configure(sampler_arg=5)
     message = str(info.value)
-    assert message == ("configure(sampler_arg=5) is invalid: expected a number from 0 to 1 "
-                       "(environment variable OTEL_TRACES_SAMPLER_ARG)")
+    assert message == (
+        "configure(sampler_arg=5) is invalid: expected a number from 0 to 1 "
+        "(environment variable OTEL_TRACES_SAMPLER_ARG)"
+    )
     assert "default" not in message
 
 
@@ -48,9 +50,12 @@ def test_the_public_api_is_importable_from_the_package():
     for name in otel_agensium.__all__:
         assert getattr(otel_agensium, name) is not None, name
     from otel_agensium import bind, health_router, install_queue_gauges  # noqa: F401
+
     # The lazy names cost nothing until used: the package alone does not import FastAPI or Celery's gauges.
-    code = ("import sys, otel_agensium; "
-            "print(sorted(m for m in ('fastapi', 'otel_agensium.health', 'otel_agensium.celery.gauges') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, otel_agensium; "
+        "print(sorted(m for m in ('fastapi', 'otel_agensium.health', 'otel_agensium.celery.gauges') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr

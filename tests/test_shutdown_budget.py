@@ -67,7 +67,12 @@ def test_prefork_worker_and_recycled_children_stop_within_budget(redis_server, s
     client.delete(key)
     with endpoint_in(state) as (endpoint, receiver):
         worker = celery_worker(
-            "tests.apps.tasks_app", redis_server.url, endpoint, queue, name=f"budget-{state}", concurrency=2,
+            "tests.apps.tasks_app",
+            redis_server.url,
+            endpoint,
+            queue,
+            name=f"budget-{state}",
+            concurrency=2,
             extra_args=["--max-tasks-per-child", "5"],
             env={"AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET), "OTEL_METRIC_EXPORT_INTERVAL": "600000"},
         )
@@ -83,9 +88,11 @@ def test_prefork_worker_and_recycled_children_stop_within_budget(redis_server, s
             code, seconds = _stop_timed(worker)
         recycled = worker.output.count("tasks_app child exiting")
         dropped = _drop_lines(worker)
-        print(f"\n[drill shutdown worker {state}] 20 tasks with {recycled} child exits in {tasks_seconds:.1f} s; "
-              f"warm shutdown {seconds:.1f} s (budget {BUDGET:g} s), exit {code}; {len(dropped)} drop lines"
-              + (f", the main process's: {dropped[-1]}" if dropped else ""))
+        print(
+            f"\n[drill shutdown worker {state}] 20 tasks with {recycled} child exits in {tasks_seconds:.1f} s; "
+            f"warm shutdown {seconds:.1f} s (budget {BUDGET:g} s), exit {code}; {len(dropped)} drop lines"
+            + (f", the main process's: {dropped[-1]}" if dropped else "")
+        )
         assert code == 0, worker.output[-3000:]  # exited by itself within budget + margin
         assert int(client.get(key)) == 20
         assert [r.get(timeout=5) for r in in_flight] == [r.id for r in in_flight]  # warm shutdown finished them
@@ -107,8 +114,13 @@ def test_child_recycled_by_memory_limit_exits_within_budget_with_a_black_hole(re
     tasks_app.app.conf.result_backend = redis_server.url
     with BlackHole() as hole:
         worker = celery_worker(
-            "tests.apps.tasks_app", redis_server.url, hole.endpoint, "shutdown-memory", name="budget-memory",
-            concurrency=1, extra_args=["--max-memory-per-child", "1"],
+            "tests.apps.tasks_app",
+            redis_server.url,
+            hole.endpoint,
+            "shutdown-memory",
+            name="budget-memory",
+            concurrency=1,
+            extra_args=["--max-memory-per-child", "1"],
             env={"AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET)},
         )
         try:
@@ -119,8 +131,10 @@ def test_child_recycled_by_memory_limit_exits_within_budget_with_a_black_hole(re
             wait_for(lambda: len(_drop_lines(worker)) >= 2, timeout=BUDGET + MARGIN)
         finally:
             code, stop_seconds = _stop_timed(worker)
-    print(f"\n[drill shutdown memory-recycled blackhole] 3 tasks, each in a new child, in {seconds:.1f} s; "
-          f"{len(_drop_lines(worker))} drop lines; warm shutdown {stop_seconds:.1f} s")
+    print(
+        f"\n[drill shutdown memory-recycled blackhole] 3 tasks, each in a new child, in {seconds:.1f} s; "
+        f"{len(_drop_lines(worker))} drop lines; warm shutdown {stop_seconds:.1f} s"
+    )
     assert worker.output.count("tasks_app child exiting") >= 3, worker.output[-3000:]  # 2 recycled + the last
     assert code == 0, worker.output[-3000:]
 
@@ -131,11 +145,24 @@ def test_uvicorn_app_stops_within_budget(redis_server, state):
     port = free_port()
     with endpoint_in(state) as (endpoint, receiver):
         web = Proc(
-            [str(BIN / "python"), "-m", "uvicorn", "tests.apps.web_app:app", "--port", str(port),
-             "--host", "127.0.0.1"],
-            env={"TEST_BROKER_URL": redis_server.url, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-                 "OTEL_SERVICE_NAME": f"web-budget-{state}", "AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET),
-                 "OTEL_BSP_SCHEDULE_DELAY": "600000", "OTEL_METRIC_EXPORT_INTERVAL": "600000"},
+            [
+                str(BIN / "python"),
+                "-m",
+                "uvicorn",
+                "tests.apps.web_app:app",
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+            ],
+            env={
+                "TEST_BROKER_URL": redis_server.url,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                "OTEL_SERVICE_NAME": f"web-budget-{state}",
+                "AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET),
+                "OTEL_BSP_SCHEDULE_DELAY": "600000",
+                "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+            },
             name=f"uvicorn-{state}",
         )
         try:
@@ -144,8 +171,10 @@ def test_uvicorn_app_stops_within_budget(redis_server, state):
         finally:
             code, seconds = _stop_timed(web)
         dropped = _drop_lines(web)
-        print(f"\n[drill shutdown uvicorn {state}] 20 requests; stopped in {seconds:.1f} s (budget {BUDGET:g} s), "
-              f"exit {code}" + (f"; {dropped[-1]}" if dropped else ""))
+        print(
+            f"\n[drill shutdown uvicorn {state}] 20 requests; stopped in {seconds:.1f} s (budget {BUDGET:g} s), "
+            f"exit {code}" + (f"; {dropped[-1]}" if dropped else "")
+        )
         assert codes == [200] * 20
         assert code in (0, -signal.SIGTERM), web.output[-3000:]  # not -SIGKILL: it exited by itself
         if receiver is not None:
@@ -182,15 +211,21 @@ print(f"shutdown after {time.monotonic() - started:.1f} s", flush=True)
 def test_app_handle_force_flush_and_shutdown_are_bounded(state):
     """configure()'s handle: force_flush keeps to its timeout, shutdown() to the budget, the loss is counted."""
     with endpoint_in(state) as (endpoint, _):
-        app = Proc([str(BIN / "python"), "-c", APP_SCRIPT], name=f"app-{state}",
-                   env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET)})
+        app = Proc(
+            [str(BIN / "python"), "-c", APP_SCRIPT],
+            name=f"app-{state}",
+            env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET)},
+        )
         try:
             code = app.proc.wait(BUDGET + MARGIN)
         finally:
             app.stop()
     dropped = _drop_lines(app)
-    print(f"\n[drill shutdown app {state}] "
-          + "; ".join(line for line in app.lines if line.startswith(("force_flush", "shutdown"))) + f"; {dropped}")
+    print(
+        f"\n[drill shutdown app {state}] "
+        + "; ".join(line for line in app.lines if line.startswith(("force_flush", "shutdown")))
+        + f"; {dropped}"
+    )
     assert code == 0, app.output[-3000:]
     assert "force_flush False after" in app.output
     assert len(dropped) == 1, app.output[-3000:]
@@ -200,16 +235,33 @@ def test_app_handle_force_flush_and_shutdown_are_bounded(state):
 
 def test_monitor_stops_within_budget_with_a_black_hole(redis_server):
     with BlackHole() as hole:
-        monitor = Proc([str(BIN / "python"), "-m", "otel_agensium.cli", "monitor", "--broker", redis_server.url,
-                        "--queues", "shutdown-monitor"], name="monitor",
-                       env={"OTEL_EXPORTER_OTLP_ENDPOINT": hole.endpoint, "AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET),
-                            "OTEL_METRIC_EXPORT_INTERVAL": "600000", "OTEL_SERVICE_NAME": "monitor-budget"})
+        monitor = Proc(
+            [
+                str(BIN / "python"),
+                "-m",
+                "otel_agensium.cli",
+                "monitor",
+                "--broker",
+                redis_server.url,
+                "--queues",
+                "shutdown-monitor",
+            ],
+            name="monitor",
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": hole.endpoint,
+                "AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET),
+                "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+                "OTEL_SERVICE_NAME": "monitor-budget",
+            },
+        )
         try:
             monitor.wait_for_line("otel-agensium monitor: watching", timeout=30)
         finally:
             code, seconds = _stop_timed(monitor)
     dropped = _drop_lines(monitor)
-    print(f"\n[drill shutdown monitor blackhole] stopped in {seconds:.1f} s, exit {code}"
-          + (f"; {dropped[-1]}" if dropped else ""))
+    print(
+        f"\n[drill shutdown monitor blackhole] stopped in {seconds:.1f} s, exit {code}"
+        + (f"; {dropped[-1]}" if dropped else "")
+    )
     assert code == 0, monitor.output[-3000:]
     assert len(dropped) == 1 and "metric points" in dropped[0], monitor.output[-3000:]

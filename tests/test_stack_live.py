@@ -26,8 +26,14 @@ from tests.procs import BIN, ROOT, Proc, celery_worker, free_port
 
 pytestmark = pytest.mark.skipif(prom.prometheus_binary() is None, reason="Debian package `prometheus` missing")
 
-SEED_TASK_PANELS = ("Tasks per second", "Task duration p95", "Success rate", "Failed tasks", "Queue depth",
-                    "Active workers")
+SEED_TASK_PANELS = (
+    "Tasks per second",
+    "Task duration p95",
+    "Success rate",
+    "Failed tasks",
+    "Queue depth",
+    "Active workers",
+)
 ROUNDS = 4
 WORKER = "worker-live"
 OK_BUCKETS = 'celery_task_duration_seconds_bucket{task_name="t.ok"}'
@@ -58,24 +64,57 @@ def stack(redis_server, tmp_path_factory):
             collector = AgensiumCollector(tempo.endpoint, loki.endpoint).start()
             procs.append(collector)
             otlp = collector.otlp_endpoint
-            procs.append(celery_worker("tests.apps.tasks_app", redis_server.url, otlp, "celery,profile",
-                                       name="live", concurrency=2))
-            monitor = Proc([sys.executable, "-m", "otel_agensium.cli", "monitor", "-A", "tests.apps.tasks_app",
-                            "--queues", "celery,profile"], name="monitor",
-                           env={"TEST_BROKER_URL": redis_server.url, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
-                                "OTEL_SERVICE_NAME": "monitor", "OTEL_METRIC_EXPORT_INTERVAL": "500"})
+            procs.append(
+                celery_worker(
+                    "tests.apps.tasks_app", redis_server.url, otlp, "celery,profile", name="live", concurrency=2
+                )
+            )
+            monitor = Proc(
+                [
+                    sys.executable,
+                    "-m",
+                    "otel_agensium.cli",
+                    "monitor",
+                    "-A",
+                    "tests.apps.tasks_app",
+                    "--queues",
+                    "celery,profile",
+                ],
+                name="monitor",
+                env={
+                    "TEST_BROKER_URL": redis_server.url,
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
+                    "OTEL_SERVICE_NAME": "monitor",
+                    "OTEL_METRIC_EXPORT_INTERVAL": "500",
+                },
+            )
             procs.append(monitor)
             port = free_port()
-            web = Proc([str(BIN / "python"), "-m", "uvicorn", "tests.apps.web_app:app", "--port", str(port),
-                        "--host", "127.0.0.1"], name="uvicorn",
-                       env={"TEST_BROKER_URL": redis_server.url, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
-                            "OTEL_SERVICE_NAME": "web", "TEST_QUEUE": "profile",
-                            "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500"})
+            web = Proc(
+                [
+                    str(BIN / "python"),
+                    "-m",
+                    "uvicorn",
+                    "tests.apps.web_app:app",
+                    "--port",
+                    str(port),
+                    "--host",
+                    "127.0.0.1",
+                ],
+                name="uvicorn",
+                env={
+                    "TEST_BROKER_URL": redis_server.url,
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
+                    "OTEL_SERVICE_NAME": "web",
+                    "TEST_QUEUE": "profile",
+                    "OTEL_BSP_SCHEDULE_DELAY": "100",
+                    "OTEL_METRIC_EXPORT_INTERVAL": "500",
+                },
+            )
             procs.append(web)
             monitor.wait_for_line("otel-agensium monitor: watching", timeout=30)
             web.wait_for_line("Uvicorn running", timeout=60)
-            server = prom.start_prometheus(tmp_path_factory.mktemp("prom"),
-                                           scrape_configs=collector.scrape_configs())
+            server = prom.start_prometheus(tmp_path_factory.mktemp("prom"), scrape_configs=collector.scrape_configs())
             prom.wait_for_result(server, 'up{job="otel-collector"} == 1', timeout=30)
             live = Stack(server, collector, tempo_sink, loki, time.time())
             ids = live.task_ids
@@ -93,12 +132,20 @@ def stack(redis_server, tmp_path_factory):
                 ids.setdefault("t.log_sleep", []).append(log_sleep.get(timeout=30))
                 prom.wait_for_result(server, f"sum(celery_tasks_failed_total) >= {round_no + 1}", timeout=30)
             # Everything the tests read has arrived: 5 successes a round, every run span, every log line.
-            prom.wait_for_result(server, f'sum(celery_tasks_succeeded_total{{job="{WORKER}"}}) >= {5 * ROUNDS}',
-                                 timeout=30)
-            wait_for(lambda: sum(1 for s in tempo_sink.spans() if s["name"].startswith("run/")) >= 6 * ROUNDS
-                     and len(tempo_sink.spans()) >= 9 * ROUNDS, timeout=30)
-            wait_for(lambda: sum(1 for r in loki.log_records()
-                                 if str(r["body"]).startswith("log_sleep before")) >= ROUNDS, timeout=30)
+            prom.wait_for_result(
+                server, f'sum(celery_tasks_succeeded_total{{job="{WORKER}"}}) >= {5 * ROUNDS}', timeout=30
+            )
+            wait_for(
+                lambda: (
+                    sum(1 for s in tempo_sink.spans() if s["name"].startswith("run/")) >= 6 * ROUNDS
+                    and len(tempo_sink.spans()) >= 9 * ROUNDS
+                ),
+                timeout=30,
+            )
+            wait_for(
+                lambda: sum(1 for r in loki.log_records() if str(r["body"]).startswith("log_sleep before")) >= ROUNDS,
+                timeout=30,
+            )
             yield live
         finally:
             if server is not None:
@@ -118,8 +165,10 @@ def _series(stack, selector):
 
 def test_every_dashboard_and_alert_expression_runs(stack):
     exprs = [(f"{name}: {where}", expr) for name, dash in _dashboards() for where, expr in prom.dashboard_promql(dash)]
-    exprs += [(f"alerts.yml: {name}", expr)
-              for name, expr in prom.rules_promql(yaml.safe_load((ROOT / "alerts.yml").read_text()))]
+    exprs += [
+        (f"alerts.yml: {name}", expr)
+        for name, expr in prom.rules_promql(yaml.safe_load((ROOT / "alerts.yml").read_text()))
+    ]
     assert len(exprs) > 20
     errors = []
     for where, expr in exprs:
@@ -156,23 +205,32 @@ def test_success_rate_over_finished_tasks(stack):
 def test_seed_names_labels_and_buckets_as_prometheus_stores_them(stack):
     worker = f'job="{WORKER}"'
     names = {m["__name__"] for m in _series(stack, f'{{{worker}, __name__=~"celery_.*"}}')}
-    assert {"celery_tasks_received_total", "celery_tasks_succeeded_total", "celery_tasks_failed_total",
-            "celery_task_duration_seconds_bucket", "celery_task_duration_seconds_sum",
-            "celery_task_duration_seconds_count"} <= names, names
+    assert {
+        "celery_tasks_received_total",
+        "celery_tasks_succeeded_total",
+        "celery_tasks_failed_total",
+        "celery_task_duration_seconds_bucket",
+        "celery_task_duration_seconds_sum",
+        "celery_task_duration_seconds_count",
+    } <= names, names
     for metric in _series(stack, f'{{{worker}, __name__=~"celery_tasks_.*_total|celery_task_duration_seconds_count"}}'):
         assert set(metric) == {"__name__", "job", "instance", "task_name", "queue"}, metric
-    totals = {(m["metric"]["task_name"], m["metric"]["queue"]): float(m["value"][1]) for m in prom.query(
-        stack.prometheus, f"sum by (task_name, queue) (celery_tasks_succeeded_total{{{worker}}})")["result"]}
-    assert totals == {("t.ok", "profile"): 3 * ROUNDS, ("t.incr", "profile"): ROUNDS,
-                      ("t.log_sleep", "celery"): ROUNDS}
-    failed = prom.query(stack.prometheus, f"sum(celery_tasks_failed_total{{{worker}, task_name=\"t.fail\"}})")
+    totals = {
+        (m["metric"]["task_name"], m["metric"]["queue"]): float(m["value"][1])
+        for m in prom.query(stack.prometheus, f"sum by (task_name, queue) (celery_tasks_succeeded_total{{{worker}}})")[
+            "result"
+        ]
+    }
+    assert totals == {("t.ok", "profile"): 3 * ROUNDS, ("t.incr", "profile"): ROUNDS, ("t.log_sleep", "celery"): ROUNDS}
+    failed = prom.query(stack.prometheus, f'sum(celery_tasks_failed_total{{{worker}, task_name="t.fail"}})')
     assert float(failed["result"][0]["value"][1]) == ROUNDS
     buckets = {m["le"] for m in _series(stack, f'celery_task_duration_seconds_bucket{{{worker}, task_name="t.ok"}}')}
     assert buckets == {"5.0", "10.0", "30.0", "60.0", "120.0", "300.0", "600.0", "1200.0", "1800.0", "+Inf"}
     selector = '{job="monitor", __name__=~"celery_(queue_length|active_workers)"}'
     gauges = {(m["__name__"], m["queue"]) for m in _series(stack, selector)}
-    assert gauges == {(name, queue) for name in ("celery_queue_length", "celery_active_workers")
-                      for queue in ("celery", "profile")}
+    assert gauges == {
+        (name, queue) for name in ("celery_queue_length", "celery_active_workers") for queue in ("celery", "profile")
+    }
 
 
 def test_duration_exemplars_carry_trace_ids_of_run_spans(stack):
@@ -180,8 +238,7 @@ def test_duration_exemplars_carry_trace_ids_of_run_spans(stack):
     assert len(runs) == 3 * ROUNDS
 
     def exemplar_trace_ids():
-        found = prom.query_exemplars(stack.prometheus, OK_BUCKETS,
-                                     stack.started - 60, time.time() + 60)
+        found = prom.query_exemplars(stack.prometheus, OK_BUCKETS, stack.started - 60, time.time() + 60)
         return {e["labels"].get("trace_id") for series in found for e in series["exemplars"]}
 
     trace_ids = wait_for(exemplar_trace_ids, timeout=30)
@@ -189,8 +246,9 @@ def test_duration_exemplars_carry_trace_ids_of_run_spans(stack):
 
 
 def test_log_records_carry_task_id_and_the_run_span_trace_id(stack):
-    runs = {s["attributes"]["celery.task_id"]: s["trace_id"] for s in stack.tempo.spans()
-            if s["name"] == "run/t.log_sleep"}
+    runs = {
+        s["attributes"]["celery.task_id"]: s["trace_id"] for s in stack.tempo.spans() if s["name"] == "run/t.log_sleep"
+    }
     assert set(runs) == set(stack.task_ids["t.log_sleep"])
     records = [r for r in stack.loki.log_records() if str(r["body"]).startswith("log_sleep before")]
     assert len(records) == ROUNDS
@@ -203,10 +261,15 @@ def test_log_records_carry_task_id_and_the_run_span_trace_id(stack):
 def test_one_trace_from_http_request_to_worker_run(stack):
     for task_id in stack.task_ids["t.incr"]:
         run = next(s for s in stack.tempo.spans() if s["attributes"].get("celery.task_id") == task_id)
-        names = {(s["name"], s["resource"]["service.name"]) for s in stack.tempo.spans()
-                 if s["trace_id"] == run["trace_id"]}
-        assert names == {("POST /enqueue", "web"), ("apply_async/t.incr", "web"), ("run/t.incr", WORKER),
-                         ("INCRBY", WORKER)}
+        names = {
+            (s["name"], s["resource"]["service.name"]) for s in stack.tempo.spans() if s["trace_id"] == run["trace_id"]
+        }
+        assert names == {
+            ("POST /enqueue", "web"),
+            ("apply_async/t.incr", "web"),
+            ("run/t.incr", WORKER),
+            ("INCRBY", WORKER),
+        }
 
 
 def test_the_collector_own_up_series(stack):

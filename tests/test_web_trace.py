@@ -15,9 +15,14 @@ def stack(redis_server, receiver):
     port = free_port()
     web = Proc(
         [str(BIN / "python"), "-m", "uvicorn", "tests.apps.web_app:app", "--port", str(port), "--host", "127.0.0.1"],
-        env={"TEST_BROKER_URL": redis_server.url, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-             "OTEL_SERVICE_NAME": "web", "TEST_QUEUE": "web-trace",
-             "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500"},
+        env={
+            "TEST_BROKER_URL": redis_server.url,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_SERVICE_NAME": "web",
+            "TEST_QUEUE": "web-trace",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        },
         name="uvicorn",
     )
     try:
@@ -34,8 +39,11 @@ def test_request_publish_run_and_redis_share_one_trace(stack, receiver):
     task_id = response.json()["task_id"]
 
     def run_span():
-        runs = [s for s in receiver.spans() if s["name"] == "run/t.incr"
-                and s["attributes"].get("celery.task_id") == task_id]
+        runs = [
+            s
+            for s in receiver.spans()
+            if s["name"] == "run/t.incr" and s["attributes"].get("celery.task_id") == task_id
+        ]
         return runs[0] if runs else None
 
     try:
@@ -43,8 +51,13 @@ def test_request_publish_run_and_redis_share_one_trace(stack, receiver):
     except AssertionError:
         names = sorted({(x["name"], x["resource"].get("service.name")) for x in receiver.spans()})
         raise AssertionError(f"no run span for {task_id}; spans: {names}") from None
-    trace_spans = wait_for(lambda: [s for s in receiver.spans() if s["trace_id"] == run["trace_id"]]
-                           if len([s for s in receiver.spans() if s["trace_id"] == run["trace_id"]]) >= 4 else None)
+    trace_spans = wait_for(
+        lambda: (
+            [s for s in receiver.spans() if s["trace_id"] == run["trace_id"]]
+            if len([s for s in receiver.spans() if s["trace_id"] == run["trace_id"]]) >= 4
+            else None
+        )
+    )
     by_name = {s["name"]: s for s in trace_spans}
     server = by_name["POST /enqueue"]
     publish = by_name["apply_async/t.incr"]
@@ -62,9 +75,17 @@ def test_request_publish_run_and_redis_share_one_trace(stack, receiver):
 
 def test_http_server_metrics_exported(stack, receiver):
     assert httpx.get(f"{stack}/hello", timeout=10).status_code == 200
-    names = wait_for(lambda: {m.name for req in receiver.metrics for rm in req.resource_metrics
-                              for sm in rm.scope_metrics for m in sm.metrics
-                              if m.name.startswith("http.server")}, timeout=30)
+    names = wait_for(
+        lambda: {
+            m.name
+            for req in receiver.metrics
+            for rm in req.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name.startswith("http.server")
+        },
+        timeout=30,
+    )
     assert names
 
 
@@ -93,18 +114,33 @@ def test_unhandled_exception_marks_span_error_and_counts_a_500(stack, receiver):
     span = wait_for(lambda: _server_spans(receiver, trace_id), timeout=30)[0]
     assert span["name"] == "GET /boom"
     assert span["attributes"]["http.response.status_code"] == 500
-    req = [r for r in receiver.traces for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans
-           if s.trace_id.hex() == trace_id][0]
+    req = [
+        r
+        for r in receiver.traces
+        for rs in r.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+        if s.trace_id.hex() == trace_id
+    ][0]
     assert req  # decoded above; status and the exception event:
-    raw = [s for r in receiver.traces for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans
-           if s.trace_id.hex() == trace_id][0]
+    raw = [
+        s
+        for r in receiver.traces
+        for rs in r.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+        if s.trace_id.hex() == trace_id
+    ][0]
     assert raw.status.code == 2  # ERROR
     assert [e.name for e in raw.events] == ["exception"]
 
     def duration_500():
         points = receiver.points("http.server.request.duration")
-        return [p for p in points.values() if p["attributes"].get("http.response.status_code") == 500
-                and p["attributes"].get("http.route") == "/boom"]
+        return [
+            p
+            for p in points.values()
+            if p["attributes"].get("http.response.status_code") == 500 and p["attributes"].get("http.route") == "/boom"
+        ]
 
     point = wait_for(duration_500, timeout=30)[0]
     assert point["unit"] == "s"
@@ -115,16 +151,21 @@ def test_contrib_instrumentation_still_selectable(redis_server, receiver):
     port = free_port()
     web = Proc(
         [str(BIN / "python"), "-m", "uvicorn", "tests.apps.web_app:app", "--port", str(port), "--host", "127.0.0.1"],
-        env={"TEST_BROKER_URL": redis_server.url, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-             "OTEL_SERVICE_NAME": "web-contrib", "OTEL_BSP_SCHEDULE_DELAY": "100",
-             "AGENSIUM_HTTP_INSTRUMENTATION": "contrib"},
+        env={
+            "TEST_BROKER_URL": redis_server.url,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_SERVICE_NAME": "web-contrib",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "AGENSIUM_HTTP_INSTRUMENTATION": "contrib",
+        },
         name="uvicorn-contrib",
     )
     try:
         web.wait_for_line("Uvicorn running", timeout=60)
         assert httpx.get(f"http://127.0.0.1:{port}/items/7", timeout=10).status_code == 200
-        spans = wait_for(lambda: [s for s in _server_spans(receiver)
-                                  if s["resource"]["service.name"] == "web-contrib"], timeout=30)
+        spans = wait_for(
+            lambda: [s for s in _server_spans(receiver) if s["resource"]["service.name"] == "web-contrib"], timeout=30
+        )
         assert [s["name"] for s in spans] == ["GET /items/{item_id}"]
         assert spans[0]["scope"] == "opentelemetry.instrumentation.fastapi"
     finally:

@@ -26,8 +26,9 @@ def _get(port: int, path: str) -> tuple[int, dict, float]:
 
 def _ready(receiver, service: str) -> int | None:
     """The latest celery_worker_ready of that worker's main process (children report none)."""
-    points = [p for p in receiver.points("celery_worker_ready").values()
-              if p["resource"].get("service.name") == service]
+    points = [
+        p for p in receiver.points("celery_worker_ready").values() if p["resource"].get("service.name") == service
+    ]
     assert len(points) <= 1, points
     return points[0]["dp"].as_int if points else None
 
@@ -37,9 +38,19 @@ def test_probes_answer_while_tasks_run_and_readiness_follows_the_broker(receiver
     port = free_port()
     queue = f"probe-{uuid.uuid4().hex[:6]}"
     service = f"worker-probe{queue[-6:]}"
-    worker = celery_worker(APP, server.url, receiver.endpoint, queue, name=f"probe{queue[-6:]}", concurrency=2,
-                           env={"AGENSIUM_WORKER_PROBE_PORT": str(port), "AGENSIUM_WORKER_PROBE_HOST": "127.0.0.1",
-                                "AGENSIUM_LOGS": "false"})
+    worker = celery_worker(
+        APP,
+        server.url,
+        receiver.endpoint,
+        queue,
+        name=f"probe{queue[-6:]}",
+        concurrency=2,
+        env={
+            "AGENSIUM_WORKER_PROBE_PORT": str(port),
+            "AGENSIUM_WORKER_PROBE_HOST": "127.0.0.1",
+            "AGENSIUM_LOGS": "false",
+        },
+    )
     try:
         wait_for(lambda: _get(port, "/readyz")[0] == 200, timeout=30, interval=0.1)
         status, body, _ = _get(port, "/readyz")
@@ -58,8 +69,10 @@ def test_probes_answer_while_tasks_run_and_readiness_follows_the_broker(receiver
                 timings[path].append(ms)
             time.sleep(0.02)
         for path, ms in timings.items():
-            print(f"\n{path} while tasks run: median {statistics.median(ms):.2f} ms, max {max(ms):.2f} ms "
-                  f"over {len(ms)} probes")
+            print(
+                f"\n{path} while tasks run: median {statistics.median(ms):.2f} ms, max {max(ms):.2f} ms "
+                f"over {len(ms)} probes"
+            )
             assert max(ms) < 1000  # generous: a probe must never wait for the worker
         assert "loop_age_s" in _get(port, "/healthz")[1]  # prefork: the event loop is watched
         wait_for(lambda: _ready(receiver, service) == 1, timeout=15)
@@ -102,8 +115,11 @@ def test_liveness_fails_only_for_a_stalled_loop_while_connected():
     from otel_agensium.celery.worker_probe import ProbeState
 
     queue = SimpleNamespace(name="q")
-    consumer = SimpleNamespace(blueprint=SimpleNamespace(state=RUN), connection=SimpleNamespace(connected=True),
-                               task_consumer=SimpleNamespace(queues=[queue]))
+    consumer = SimpleNamespace(
+        blueprint=SimpleNamespace(state=RUN),
+        connection=SimpleNamespace(connected=True),
+        task_consumer=SimpleNamespace(queues=[queue]),
+    )
     state = ProbeState(stall=5.0)
     state.worker = SimpleNamespace(consumer=consumer)
     state.has_loop, state.loop_stamp = True, time.monotonic()

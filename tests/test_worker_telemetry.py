@@ -12,8 +12,7 @@ SEED_BUCKETS = [5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0]
 
 @pytest.fixture(scope="module")
 def worker(redis_server, receiver):
-    proc = celery_worker("tests.apps.tasks_app", redis_server.url, receiver.endpoint, "celery,profile",
-                         name="metrics")
+    proc = celery_worker("tests.apps.tasks_app", redis_server.url, receiver.endpoint, "celery,profile", name="metrics")
     yield proc
     proc.stop()
 
@@ -45,12 +44,19 @@ def workload(worker, redis_server):
 
 EXPECTED = {
     "celery_tasks_received": {
-        ("celery", "t.ok"): 6, ("profile", "t.ok"): 4, ("profile", "t.fail"): 2,
-        ("celery", "t.retry"): 2, ("celery", "t.incr"): 3, ("celery", "t.sleep"): 2,
+        ("celery", "t.ok"): 6,
+        ("profile", "t.ok"): 4,
+        ("profile", "t.fail"): 2,
+        ("celery", "t.retry"): 2,
+        ("celery", "t.incr"): 3,
+        ("celery", "t.sleep"): 2,
     },
     "celery_tasks_succeeded": {
-        ("celery", "t.ok"): 6, ("profile", "t.ok"): 4, ("celery", "t.retry"): 1,
-        ("celery", "t.incr"): 3, ("celery", "t.sleep"): 2,
+        ("celery", "t.ok"): 6,
+        ("profile", "t.ok"): 4,
+        ("celery", "t.retry"): 1,
+        ("celery", "t.incr"): 3,
+        ("celery", "t.sleep"): 2,
     },
     "celery_tasks_failed": {("profile", "t.fail"): 2},
     "celery_tasks_retried": {("celery", "t.retry"): 1},
@@ -73,8 +79,9 @@ def test_task_counters_exact_after_known_workload(receiver, workload):
     assert got == EXPECTED
     # received = succeeded + failed + retried (nothing in flight any more)
     for key, received in EXPECTED["celery_tasks_received"].items():
-        finished = sum(got[n].get(key, 0) for n in
-                       ("celery_tasks_succeeded", "celery_tasks_failed", "celery_tasks_retried"))
+        finished = sum(
+            got[n].get(key, 0) for n in ("celery_tasks_succeeded", "celery_tasks_failed", "celery_tasks_retried")
+        )
         assert received == finished, key
 
 
@@ -95,8 +102,12 @@ def test_duration_histogram_buckets_unit_and_counts(receiver, workload):
     counts = _by_queue_task(receiver.totals("celery_task_duration_seconds"))
     # success and failure are timed, retries are not
     assert counts == {
-        ("celery", "t.ok"): 6, ("profile", "t.ok"): 4, ("profile", "t.fail"): 2,
-        ("celery", "t.retry"): 1, ("celery", "t.incr"): 3, ("celery", "t.sleep"): 2,
+        ("celery", "t.ok"): 6,
+        ("profile", "t.ok"): 4,
+        ("profile", "t.fail"): 2,
+        ("celery", "t.retry"): 1,
+        ("celery", "t.incr"): 3,
+        ("celery", "t.sleep"): 2,
     }
     sleep_sum = sum(p["dp"].sum for p in points.values() if p["attributes"]["task_name"] == "t.sleep")
     assert 2.0 <= sleep_sum < 10.0
@@ -109,8 +120,9 @@ def test_queue_wait_histogram_recorded(receiver, workload):
 
 def test_prefork_children_have_distinct_instance_ids(receiver, workload):
     # The two 1-second sleeps ran at the same time, so in both children.
-    sleep_points = [p for p in receiver.points("celery_tasks_succeeded").values()
-                    if p["attributes"]["task_name"] == "t.sleep"]
+    sleep_points = [
+        p for p in receiver.points("celery_tasks_succeeded").values() if p["attributes"]["task_name"] == "t.sleep"
+    ]
     child_ids = {p["resource"]["service.instance.id"] for p in sleep_points}
     assert len(child_ids) == 2, sleep_points
     parent_ids = {p["resource"]["service.instance.id"] for p in receiver.points("celery_tasks_received").values()}
@@ -124,8 +136,9 @@ def test_run_span_has_task_id_and_the_task_redis_call(receiver, workload):
     ids = set(workload["incr_ids"])
 
     def runs():
-        found = [s for s in receiver.spans() if s["name"] == "run/t.incr"
-                 and s["attributes"].get("celery.task_id") in ids]
+        found = [
+            s for s in receiver.spans() if s["name"] == "run/t.incr" and s["attributes"].get("celery.task_id") in ids
+        ]
         return found if len(found) == 3 else None
 
     run_spans = wait_for(runs)

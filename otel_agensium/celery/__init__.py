@@ -123,8 +123,9 @@ class CeleryIntegration(Integration):
             self.metrics.received.add(1, self.labels.attributes(request.name, queue_of(request.delivery_info)))
 
     @guarded
-    def _on_prerun(self, task_id: str | None = None, task: Any = None, args: Any = None,
-                   kwargs: Any = None, **_: Any) -> None:
+    def _on_prerun(
+        self, task_id: str | None = None, task: Any = None, args: Any = None, kwargs: Any = None, **_: Any
+    ) -> None:
         if task_id is None or task is None:
             return
         self._started[task_id] = time.perf_counter()
@@ -142,8 +143,7 @@ class CeleryIntegration(Integration):
                 self.metrics.queue_wait.record(max(0.0, time.time() - sent_at), attrs)
 
     @guarded
-    def _on_postrun(self, task_id: str | None = None, task: Any = None, state: str | None = None,
-                    **_: Any) -> None:
+    def _on_postrun(self, task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any) -> None:
         started = self._started.pop(task_id, None) if task_id is not None else None
         if self.metrics is None or task is None:
             return

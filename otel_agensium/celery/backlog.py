@@ -99,8 +99,10 @@ class RedisBacklog:
         out = Unacked()
         delivered: dict[str, float] = {}
         if delivery_times:
-            delivered = {(t.decode() if isinstance(t, bytes) else t): s
-                         for t, s in self.client.zrange(self.unacked_index_key, 0, -1, withscores=True)}
+            delivered = {
+                (t.decode() if isinstance(t, bytes) else t): s
+                for t, s in self.client.zrange(self.unacked_index_key, 0, -1, withscores=True)
+            }
         cursor, seen = 0, 0
         while True:
             cursor, batch = self.client.hscan(self.unacked_key, cursor, count=SCAN_BATCH)
@@ -113,8 +115,11 @@ class RedisBacklog:
                 out.truncated = True
                 if not self._truncation_logged:
                     self._truncation_logged = True
-                    _log.warning("otel-agensium: more than %d unacked messages in %s; only that many are counted",
-                                 MAX_UNACKED, self.unacked_key)
+                    _log.warning(
+                        "otel-agensium: more than %d unacked messages in %s; only that many are counted",
+                        MAX_UNACKED,
+                        self.unacked_key,
+                    )
                 break
         return out
 
@@ -209,8 +214,13 @@ class QueueFigures:
         return self.backlog / self.concurrency if self.concurrency else None
 
 
-def figures(lengths: dict[str, int], by_queue: dict[str, list[str]], concurrency: dict[str, int],
-            unacked: Unacked | None = None, ages: dict[str, float] | None = None) -> dict[str, QueueFigures]:
+def figures(
+    lengths: dict[str, int],
+    by_queue: dict[str, list[str]],
+    concurrency: dict[str, int],
+    unacked: Unacked | None = None,
+    ages: dict[str, float] | None = None,
+) -> dict[str, QueueFigures]:
     """Combine the reads of one collection, per queue of ``lengths``."""
     out = {}
     for queue, waiting in lengths.items():
@@ -225,8 +235,9 @@ def figures(lengths: dict[str, int], by_queue: dict[str, list[str]], concurrency
     return out
 
 
-def read_figures(watched: Any, reader: RedisBacklog | None, by_queue: dict[str, list[str]],
-                 concurrency: dict[str, int]) -> dict[str, QueueFigures]:
+def read_figures(
+    watched: Any, reader: RedisBacklog | None, by_queue: dict[str, list[str]], concurrency: dict[str, int]
+) -> dict[str, QueueFigures]:
     """Depths, then (on Redis) the unacked hash and the list tails, read back to back for ``watched``'s queues."""
     queues = watched.queues()
     lengths = watched.lengths(queues)
@@ -245,7 +256,10 @@ def collect(watched: Any, by_queue: dict[str, list[str]]) -> dict[str, dict[str,
         concurrency = worker_concurrency(watched.app, conn, watched.inspect_timeout)
     finally:
         _close_quietly(conn)
-    reader = RedisBacklog(watched.redis_client(), watched.app.conf.broker_transport_options) \
-        if watched.is_redis else None
-    return {queue: {**vars(fig), "backlog": fig.backlog, "load": fig.load}
-            for queue, fig in read_figures(watched, reader, by_queue, concurrency).items()}
+    reader = (
+        RedisBacklog(watched.redis_client(), watched.app.conf.broker_transport_options) if watched.is_redis else None
+    )
+    return {
+        queue: {**vars(fig), "backlog": fig.backlog, "load": fig.load}
+        for queue, fig in read_figures(watched, reader, by_queue, concurrency).items()
+    }

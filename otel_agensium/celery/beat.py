@@ -265,8 +265,12 @@ class BeatIntegration(Integration):
             (BEAT_NEXT_DUE, "next_due", "When the entry is due next (Unix time)."),
         ):
             meter.create_observable_gauge(name, callbacks=[self._observer(field)], unit="s", description=description)
-        meter.create_observable_gauge(BEAT_NEXT_TICK, callbacks=[self._observe_tick], unit="s",
-                                      description="When beat promised to wake up next (Unix time): its liveness.")
+        meter.create_observable_gauge(
+            BEAT_NEXT_TICK,
+            callbacks=[self._observe_tick],
+            unit="s",
+            description="When beat promised to wake up next (Unix time): its liveness.",
+        )
 
     def _observer(self, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions | None = None) -> Iterable[Observation]:
@@ -357,8 +361,9 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def beat_verdict(schedule: dict[str, Any] | None, status: dict[str, dict[str, Any]], tolerance: float,
-                 now: float) -> tuple[str, str, str | None, dict[str, Any]]:
+def beat_verdict(
+    schedule: dict[str, Any] | None, status: dict[str, dict[str, Any]], tolerance: float, now: float
+) -> tuple[str, str, str | None, dict[str, Any]]:
     """Compare the app's ``beat_schedule`` with what beat reported: (verdict, detail, fix, data).
 
     Verdicts as ``otel-agensium doctor`` prints them: ``FAIL`` when beat is down (its next
@@ -372,9 +377,13 @@ def beat_verdict(schedule: dict[str, Any] | None, status: dict[str, dict[str, An
     if not schedule and not entries:
         return "skipped", "the app has no beat_schedule and no beat reported", None, data
     if not status:
-        return ("warn", f"the app's beat_schedule has {_entries(len(schedule))} but no beat has reported",
-                "Run beat under opentelemetry-instrument (opentelemetry-instrument celery -A <app> beat), or "
-                "call otel_agensium.configure() in the process that runs it; check that it is running.", data)
+        return (
+            "warn",
+            f"the app's beat_schedule has {_entries(len(schedule))} but no beat has reported",
+            "Run beat under opentelemetry-instrument (opentelemetry-instrument celery -A <app> beat), or "
+            "call otel_agensium.configure() in the process that runs it; check that it is running.",
+            data,
+        )
     problems: list[str] = []
     late: list[str] = []
     next_tick = (status.get(BEAT_FIELD) or {}).get("next_tick")
@@ -385,24 +394,38 @@ def beat_verdict(schedule: dict[str, Any] | None, status: dict[str, dict[str, An
         due = figures.get("next_due")
         if isinstance(due, (int, float)) and now - due > tolerance:
             sent = figures.get("last_sent")
-            late.append(f"{name} due {_ago(now - due)} ago, last sent "
-                        + (f"{_ago(now - sent)} ago" if isinstance(sent, (int, float)) else "never"))
+            late.append(
+                f"{name} due {_ago(now - due)} ago, last sent "
+                + (f"{_ago(now - sent)} ago" if isinstance(sent, (int, float)) else "never")
+            )
     if late:
         problems.append("late: " + "; ".join(late))
     unknown = sorted(set(schedule) - set(entries))
     extra = sorted(n for n in set(entries) - set(schedule) if not n.startswith("celery."))
-    sent = [f"{name} sent {figures.get('sends', 0)}x"
-            + (f", lag {figures['lag'] * 1000:.1f} ms" if isinstance(figures.get("lag"), (int, float)) else "")
-            for name, figures in sorted(entries.items()) if name in schedule]
+    sent = [
+        f"{name} sent {figures.get('sends', 0)}x"
+        + (f", lag {figures['lag'] * 1000:.1f} ms" if isinstance(figures.get("lag"), (int, float)) else "")
+        for name, figures in sorted(entries.items())
+        if name in schedule
+    ]
     summary = f"{_entries(len(schedule))}; " + "; ".join(sent)
     data.update(late=late, not_reported=unknown, not_in_schedule=extra)
     if problems:
-        return ("FAIL", "; ".join(problems) + f" ({summary})",
-                "Check the beat process (logs, `celery -A <app> inspect ping` does not cover beat) and restart it; "
-                "exactly one beat must run per schedule.", data)
+        return (
+            "FAIL",
+            "; ".join(problems) + f" ({summary})",
+            "Check the beat process (logs, `celery -A <app> inspect ping` does not cover beat) and restart it; "
+            "exactly one beat must run per schedule.",
+            data,
+        )
     if unknown or extra:
         parts = ([f"beat has not reported {', '.join(unknown)}"] if unknown else []) + (
-            [f"beat sends {', '.join(extra)}, not in this app's beat_schedule"] if extra else [])
-        return ("warn", "; ".join(parts) + f" ({summary})",
-                "Beat runs another schedule than this app's: restart it with this code, or check -A.", data)
+            [f"beat sends {', '.join(extra)}, not in this app's beat_schedule"] if extra else []
+        )
+        return (
+            "warn",
+            "; ".join(parts) + f" ({summary})",
+            "Beat runs another schedule than this app's: restart it with this code, or check -A.",
+            data,
+        )
     return "ok", summary, None, data

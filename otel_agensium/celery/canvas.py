@@ -99,8 +99,11 @@ class CanvasIntegration(Integration):
             return
         request = task.request
         group = getattr(request, "group", None)
-        for key, value in ((GROUP_ID, group), (PARENT_ID, getattr(request, "parent_id", None)),
-                           (ROOT_ID, getattr(request, "root_id", None))):
+        for key, value in (
+            (GROUP_ID, group),
+            (PARENT_ID, getattr(request, "parent_id", None)),
+            (ROOT_ID, getattr(request, "root_id", None)),
+        ):
             if isinstance(value, str) and value:
                 span.set_attribute(key, value)
         if group and getattr(request, "chord", None):
@@ -114,8 +117,14 @@ class CanvasIntegration(Integration):
         client = self._client(app)
         if not client:
             return
-        value = json.dumps({"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}",
-                            "flags": int(context.trace_flags), "task": name})
+        value = json.dumps(
+            {
+                "trace_id": f"{context.trace_id:032x}",
+                "span_id": f"{context.span_id:016x}",
+                "flags": int(context.trace_flags),
+                "task": name,
+            }
+        )
         key = CHORD_KEY.format(group=group)
         with suppress_instrumentation():  # our own bookkeeping makes no spans
             pipe = client.pipeline(transaction=False)
@@ -132,8 +141,12 @@ class CanvasIntegration(Integration):
         for task_id, raw in sorted(members.items())[:MAX_LINKS]:
             try:
                 member = json.loads(raw)
-                context = SpanContext(int(member["trace_id"], 16), int(member["span_id"], 16), is_remote=True,
-                                      trace_flags=TraceFlags(int(member.get("flags", 1))))
+                context = SpanContext(
+                    int(member["trace_id"], 16),
+                    int(member["span_id"], 16),
+                    is_remote=True,
+                    trace_flags=TraceFlags(int(member.get("flags", 1))),
+                )
             except (ValueError, KeyError, TypeError):
                 continue
             task_id = task_id.decode() if isinstance(task_id, bytes) else str(task_id)

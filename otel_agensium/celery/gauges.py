@@ -55,8 +55,9 @@ class QueueGauges(Integration):
         self.worker_probe = Probe(queues.workers, ttl, "active-workers")
         self.concurrency_probe = Probe(self._concurrency, ttl, "worker-concurrency")
         self.backlog_probe = Probe(self._backlog, ttl, "queue-backlog")
-        self.reader = (RedisBacklog(queues.redis_client(), queues.app.conf.broker_transport_options)
-                       if queues.is_redis else None)
+        self.reader = (
+            RedisBacklog(queues.redis_client(), queues.app.conf.broker_transport_options) if queues.is_redis else None
+        )
         self.enabled = False
         self._failing: dict[str, bool] = {}
 
@@ -65,11 +66,15 @@ class QueueGauges(Integration):
 
         meter = self.meter_provider.get_meter(METER_NAME, __version__)
         meter.create_observable_gauge(
-            QUEUE_LENGTH, callbacks=[self._observe_lengths], unit="{message}",
+            QUEUE_LENGTH,
+            callbacks=[self._observe_lengths],
+            unit="{message}",
             description="Messages waiting in the broker per queue.",
         )
         meter.create_observable_gauge(
-            ACTIVE_WORKERS, callbacks=[self._observe_workers], unit="{worker}",
+            ACTIVE_WORKERS,
+            callbacks=[self._observe_workers],
+            unit="{worker}",
             description="Live workers consuming the queue (answering an active_queues broadcast).",
         )
         # What the length hides (backlog.py): Redis only for unacked, ETA-held and age.
@@ -81,8 +86,9 @@ class QueueGauges(Integration):
             (QUEUE_CONCURRENCY, "concurrency", "{process}", "Pool size of the live workers consuming the queue."),
             (QUEUE_LOAD, "load", "", "Backlog per pool slot of the consuming workers (a scaler's target)."),
         ):
-            meter.create_observable_gauge(name, callbacks=[self._figure_observer(name, field)], unit=unit,
-                                          description=description)
+            meter.create_observable_gauge(
+                name, callbacks=[self._figure_observer(name, field)], unit=unit, description=description
+            )
         self.enabled = True
         self.on_uninstall(self._disable)
 
@@ -104,8 +110,12 @@ class QueueGauges(Integration):
             return
         self._failing[what] = failing
         if exc is not None:
-            _log.warning("otel-agensium: %s not reported: %s (broker %s)", what,
-                         describe(exc, self.queues.secrets), self.queues.broker)
+            _log.warning(
+                "otel-agensium: %s not reported: %s (broker %s)",
+                what,
+                describe(exc, self.queues.secrets),
+                self.queues.broker,
+            )
         else:
             _log.info("otel-agensium: %s reported again (broker %s)", what, self.queues.broker)
 
@@ -132,7 +142,6 @@ class QueueGauges(Integration):
             return []
         self._report(ACTIVE_WORKERS, None)
         return [Observation(len(workers), {"queue": name}) for name, workers in by_queue.items()]
-
 
     # -- the backlog figures ------------------------------------------------------------
     def _concurrency(self) -> dict[str, int]:
@@ -180,8 +189,12 @@ def install_queue_gauges(app: Any, handle: Any = None, queues: Iterable[str] | N
         if isinstance(integration, QueueGauges):
             return integration
     settings = handle.settings
-    watched = CeleryQueues(app, settings.queues if queues is None else queues, timeout=settings.health_timeout,
-                           inspect_timeout=settings.inspect_timeout)
+    watched = CeleryQueues(
+        app,
+        settings.queues if queues is None else queues,
+        timeout=settings.health_timeout,
+        inspect_timeout=settings.inspect_timeout,
+    )
     gauges = QueueGauges(watched, handle.meter_provider, ttl=settings.health_cache_ttl)
     gauges.install()
     handle.integrations.append(gauges)

@@ -207,16 +207,22 @@ class ProcessMetrics:
 
     def install(self) -> None:
         self.meter.create_observable_gauge(
-            PROCESS_RESIDENT_MEMORY, callbacks=[self._observe_memory], unit="By",
+            PROCESS_RESIDENT_MEMORY,
+            callbacks=[self._observe_memory],
+            unit="By",
             description="Resident memory (VmRSS) of the worker process.",
         )
         self.meter.create_observable_counter(
-            PROCESS_CPU, callbacks=[self._observe_cpu], unit="s",
+            PROCESS_CPU,
+            callbacks=[self._observe_cpu],
+            unit="s",
             description="User and system CPU time of the worker process.",
         )
         if self.memory_limit:
             self.meter.create_observable_gauge(
-                PROCESS_MEMORY_LIMIT, callbacks=[self._observe_limit], unit="By",
+                PROCESS_MEMORY_LIMIT,
+                callbacks=[self._observe_limit],
+                unit="By",
                 description="worker_max_memory_per_child of the pool process (a child above it is replaced).",
             )
 

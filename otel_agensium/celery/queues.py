@@ -45,8 +45,7 @@ def _kombu_redis_defaults() -> tuple[str, tuple[int, ...]]:
     return Channel.sep, tuple(PRIORITY_STEPS)
 
 
-def redis_keys(queue: str, prefix: str = "", sep: str | None = None,
-               steps: Iterable[int] | None = None) -> list[str]:
+def redis_keys(queue: str, prefix: str = "", sep: str | None = None, steps: Iterable[int] | None = None) -> list[str]:
     """The Redis lists kombu keeps ``queue``'s messages in, as kombu's ``Channel._q_for_pri`` names them.
 
     Priority step 0 is the plain queue name; step ``n`` is ``<queue><sep><n>``.
@@ -95,8 +94,9 @@ def app_queues(app: Any) -> dict[str, str]:
 class CeleryQueues:
     """Queue depth and live workers for a Celery app's broker. Every call blocks; see :class:`Probe`."""
 
-    def __init__(self, app: Any, queues: Iterable[str] | None = None, timeout: float = 2.0,
-                 inspect_timeout: float = 1.0) -> None:
+    def __init__(
+        self, app: Any, queues: Iterable[str] | None = None, timeout: float = 2.0, inspect_timeout: float = 1.0
+    ) -> None:
         self.app = app
         self.timeout = timeout
         self.inspect_timeout = inspect_timeout
@@ -132,8 +132,11 @@ class CeleryQueues:
                 if len(self._known) >= MAX_QUEUES:
                     if not self._overflow_logged:
                         self._overflow_logged = True
-                        _log.warning("otel-agensium: more than %d queues; %r and later ones are not reported",
-                                     MAX_QUEUES, name[:100])
+                        _log.warning(
+                            "otel-agensium: more than %d queues; %r and later ones are not reported",
+                            MAX_QUEUES,
+                            name[:100],
+                        )
                     continue
                 self._known[name] = None
 
@@ -189,8 +192,7 @@ class CeleryQueues:
     def _redis_lengths(self, names: list[str]) -> dict[str, int]:
         options = self.app.conf.broker_transport_options or {}
         prefix = str(options.get("global_keyprefix") or "")
-        plan = [(name, redis_keys(name, prefix, options.get("sep"), options.get("priority_steps")))
-                for name in names]
+        plan = [(name, redis_keys(name, prefix, options.get("sep"), options.get("priority_steps"))) for name in names]
         pipe = self.redis_client().pipeline(transaction=False)
         for _, keys in plan:
             for key in keys:
@@ -208,8 +210,9 @@ class CeleryQueues:
         out: dict[str, int] = {}
         conn = self._connection()
         try:
-            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, interval_max=0.2,
-                                  timeout=self.timeout)
+            conn.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0.2, interval_max=0.2, timeout=self.timeout
+            )
             not_found = (ChannelError, *conn.channel_errors)
             channel = None
             for name in names:
@@ -253,8 +256,14 @@ def _close_quietly(thing: Any) -> None:
 
 
 # Names that lived here before the split; kept importable from this module.
-_MOVED = {"Probe": ".._probe", "Sample": ".._probe", "describe": "..redact", "scrub": "..redact",
-          "QueueGauges": ".gauges", "install_queue_gauges": ".gauges"}
+_MOVED = {
+    "Probe": ".._probe",
+    "Sample": ".._probe",
+    "describe": "..redact",
+    "scrub": "..redact",
+    "QueueGauges": ".gauges",
+    "install_queue_gauges": ".gauges",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -152,14 +152,16 @@ class LeanCeleryTracing:
 
     # -- publish ---------------------------------------------------------------------------
     @guarded
-    def _on_before_publish(self, sender: Any = None, headers: dict | None = None, body: Any = None,
-                           routing_key: Any = None, **_: Any) -> None:
+    def _on_before_publish(
+        self, sender: Any = None, headers: dict | None = None, body: Any = None, routing_key: Any = None, **_: Any
+    ) -> None:
         task_id = task_id_of(headers, body)
         if task_id is None:
             return
         name = sender if isinstance(sender, str) else getattr(sender, "name", "unknown")
-        span = self.tracer.start_span(PUBLISH_PREFIX + name, kind=SpanKind.PRODUCER,
-                                      attributes=publish_attributes(task_id, name, routing_key))
+        span = self.tracer.start_span(
+            PUBLISH_PREFIX + name, kind=SpanKind.PRODUCER, attributes=publish_attributes(task_id, name, routing_key)
+        )
         ctx = trace.set_span_in_context(span)
         token = context.attach(ctx)
         self._publishing[task_id] = (span, token)
@@ -177,8 +179,9 @@ class LeanCeleryTracing:
 
     # -- run -------------------------------------------------------------------------------
     @guarded
-    def _on_prerun(self, task_id: str | None = None, task: Any = None, args: Any = None, kwargs: Any = None,
-                   **_: Any) -> None:
+    def _on_prerun(
+        self, task_id: str | None = None, task: Any = None, args: Any = None, kwargs: Any = None, **_: Any
+    ) -> None:
         if task_id is None or task is None:
             return
         request = task.request
@@ -187,14 +190,14 @@ class LeanCeleryTracing:
         if self.record_task_args:
             attrs["celery.args"] = repr(args)[:MAX_ARGS_REPR]
             attrs["celery.kwargs"] = repr(kwargs)[:MAX_ARGS_REPR]
-        span = self.tracer.start_span(RUN_PREFIX + task.name, context=parent, kind=SpanKind.CONSUMER,
-                                      attributes=attrs)
+        span = self.tracer.start_span(RUN_PREFIX + task.name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs)
         token = context.attach(trace.set_span_in_context(span, parent))
         self._running[task_id] = (span, token)
 
     @guarded
-    def _on_failure(self, sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
-                    **_: Any) -> None:
+    def _on_failure(
+        self, sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
+    ) -> None:
         entry = self._running.get(task_id) if task_id is not None else None
         if entry is None or exception is None:
             return

@@ -85,8 +85,11 @@ class ProbeState:
             body["loop_age_s"] = round(age, 3)
             connected, _ = self.consumer_state()
             if connected and age > self.stall:
-                return 503, {"status": "stalled", "loop_age_s": round(age, 3),
-                             "error": f"connected, but the event loop has not turned for {age:.0f} s"}
+                return 503, {
+                    "status": "stalled",
+                    "loop_age_s": round(age, 3),
+                    "error": f"connected, but the event loop has not turned for {age:.0f} s",
+                }
         return 200, body
 
     def ready(self) -> tuple[int, dict[str, Any]]:
@@ -140,13 +143,18 @@ class ProbeServer(bootsteps.StartStopStep):
         try:
             server = ThreadingHTTPServer((self.host, self.port), handler)
         except OSError as exc:
-            _log.warning("otel-agensium: AGENSIUM_WORKER_PROBE_PORT=%s: cannot listen on %s (%s); worker probes off",
-                         self.port, self.host, exc.strerror or exc)
+            _log.warning(
+                "otel-agensium: AGENSIUM_WORKER_PROBE_PORT=%s: cannot listen on %s (%s); worker probes off",
+                self.port,
+                self.host,
+                exc.strerror or exc,
+            )
             return
         server.daemon_threads = True
         self.server = server
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                         name="otel-agensium-probes", daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="otel-agensium-probes", daemon=True
+        ).start()
         _log.info("otel-agensium: worker probes on http://%s:%d/healthz and /readyz", self.host, self.port)
 
     def stop(self, w: Any) -> None:
@@ -245,5 +253,9 @@ class ProbeIntegration(Integration):
             return [Observation(1 if state.consumer_state()[0] else 0, {"worker": worker})]
 
         meter = self.meter_provider.get_meter(METER_NAME, __version__)
-        meter.create_observable_gauge(WORKER_READY, callbacks=[observe], unit="{worker}",
-                                      description="1 while the worker consumes from the broker (its /readyz).")
+        meter.create_observable_gauge(
+            WORKER_READY,
+            callbacks=[observe],
+            unit="{worker}",
+            description="1 while the worker consumes from the broker (its /readyz).",
+        )

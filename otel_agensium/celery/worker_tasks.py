@@ -75,7 +75,9 @@ class WorkerTaskGauges(Integration):
             self.main_pid = os.getpid()
             meter = self.meter_provider.get_meter(METER_NAME, __version__)
             meter.create_observable_gauge(
-                WORKER_ETA_TASKS, callbacks=[self._observe], unit="{task}",
+                WORKER_ETA_TASKS,
+                callbacks=[self._observe],
+                unit="{task}",
                 description="Tasks this worker holds for an ETA or countdown (received, not yet due).",
             )
         except Exception:  # noqa: BLE001 - the worker starts without this gauge
@@ -90,5 +92,7 @@ class WorkerTaskGauges(Integration):
         # A queue that held ETA tasks reports 0 once they are due, instead of its series just ending.
         if len(self._queues_seen) < 200:
             self._queues_seen.update(counts)
-        return [Observation(counts.get(queue, 0), {"worker": self.worker, "queue": queue})
-                for queue in sorted(self._queues_seen | set(counts))]
+        return [
+            Observation(counts.get(queue, 0), {"worker": self.worker, "queue": queue})
+            for queue in sorted(self._queues_seen | set(counts))
+        ]

@@ -79,8 +79,12 @@ __all__ = ["CHECKS", "FAIL", "OK", "SKIPPED", "WARN", "Check", "Context", "Resul
 
 
 def _check_failed(ctx: Context, exc: BaseException, name: str) -> Result:
-    return Result(name, FAIL, f"the check itself failed: {describe(exc, ctx.secrets())}",
-                  "Run it again with --timeout 10; if it persists, report it with this line.")
+    return Result(
+        name,
+        FAIL,
+        f"the check itself failed: {describe(exc, ctx.secrets())}",
+        "Run it again with --timeout 10; if it persists, report it with this line.",
+    )
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,8 @@ def diagnose(ctx: Context, checks: Sequence[Check] = CHECKS) -> list[Result]:
     """Every check's results, in the order of ``checks``."""
     background: dict[str, Future[Sample]] = {
         c.name: Probe(functools.partial(_timed, c, ctx), ttl=0, name=f"doctor-{c.name}").future()
-        for c in checks if c.background
+        for c in checks
+        if c.background
     }
     results: list[Result] = []
     for check in checks:
@@ -150,8 +155,14 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def run(app_path: str | None = None, broker: str | None = None, as_json: bool = False,
-        timeout: float | None = None, queues: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+def run(
+    app_path: str | None = None,
+    broker: str | None = None,
+    as_json: bool = False,
+    timeout: float | None = None,
+    queues: list[str] | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
     """Print one line per check (or a JSON list); 1 when any check failed, 2 on a usage error."""
     _quiet_libraries()
     ctx = Context.create(app_path, broker, timeout=timeout, queues=queues)

@@ -11,9 +11,13 @@ from .result import FAIL, OK, SKIPPED, Result, plural
 def check_settings(ctx: Context) -> Result:
     problems = list(ctx.settings.problems)
     if problems:
-        return Result("settings", FAIL, f"{plural(len(problems), 'setting')} invalid, defaults used: "
-                      + "; ".join(problems), "Correct the variables named above (otel-agensium check lists them).",
-                      data={"problems": problems})
+        return Result(
+            "settings",
+            FAIL,
+            f"{plural(len(problems), 'setting')} invalid, defaults used: " + "; ".join(problems),
+            "Correct the variables named above (otel-agensium check lists them).",
+            data={"problems": problems},
+        )
     return Result("settings", OK, f"{len(SETTINGS)} settings valid")
 
 
@@ -40,11 +44,19 @@ def _load_app(ctx: Context) -> Result:
         ctx.app.finalize(auto=True)
     except Exception as exc:  # noqa: BLE001 - "tasks failing immediately": import errors
         ctx.app = load_app(None, ctx.broker_url) if ctx.broker_url else None
-        return Result("app", FAIL, f"cannot import {ctx.app_path}: {describe(exc, ctx.secrets())}",
-                      f"Fix that import error (try: python -c 'import {ctx.app_path.split(':')[0]}' in "
-                      "the workers' environment); workers that cannot import a task module reject its "
-                      "tasks as unregistered.")
+        return Result(
+            "app",
+            FAIL,
+            f"cannot import {ctx.app_path}: {describe(exc, ctx.secrets())}",
+            f"Fix that import error (try: python -c 'import {ctx.app_path.split(':')[0]}' in "
+            "the workers' environment); workers that cannot import a task module reject its "
+            "tasks as unregistered.",
+        )
     ctx.app_loaded = True
     tasks = ctx.tasks()
-    return Result("app", OK, f"{ctx.app_path} imported with its task modules: {plural(len(tasks), 'task')}",
-                  data={"tasks": sorted(tasks)})
+    return Result(
+        "app",
+        OK,
+        f"{ctx.app_path} imported with its task modules: {plural(len(tasks), 'task')}",
+        data={"tasks": sorted(tasks)},
+    )

@@ -21,6 +21,7 @@ def check_beat(ctx: Context) -> Result:
     if not ctx.celery.is_redis:
         return Result("beat", SKIPPED, "beat reports its status on a Redis broker only")
     status = ctx.wait(lambda: read_status(ctx.celery.redis_client(), ctx.app), "beat")
-    verdict, detail, fix, data = beat_verdict(ctx.app.conf.beat_schedule, status,
-                                              float(ctx.settings.beat_tolerance), time.time())
+    verdict, detail, fix, data = beat_verdict(
+        ctx.app.conf.beat_schedule, status, float(ctx.settings.beat_tolerance), time.time()
+    )
     return Result("beat", verdict, detail, fix, data={**data, "key": status_key(ctx.app)})

@@ -27,9 +27,13 @@ def check_broker(ctx: Context) -> Result:
         version = ctx.wait(lambda: _ping(ctx), "broker")
     except Exception as exc:  # noqa: BLE001
         failure = failures.kind(exc)
-        return Result("broker", FAIL, f"{broker}: {failures.what(failure, ctx.timeout)} "
-                      f"({describe(exc, ctx.secrets())})", failures.broker_fix(failure, broker, ctx.celery.is_redis),
-                      data={"broker": broker, "error": failure})
+        return Result(
+            "broker",
+            FAIL,
+            f"{broker}: {failures.what(failure, ctx.timeout)} ({describe(exc, ctx.secrets())})",
+            failures.broker_fix(failure, broker, ctx.celery.is_redis),
+            data={"broker": broker, "error": failure},
+        )
     ctx.broker_ok = True
     ms = (time.monotonic() - started) * 1000
     verb = "answered PING" if ctx.celery.is_redis else "accepted a connection"
@@ -48,8 +52,9 @@ def _ping(ctx: Context) -> str | None:
             return None
     conn = ctx.celery._connection()  # noqa: SLF001 - the same short-timeout connection the gauges use
     try:
-        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, interval_max=0.2,
-                               timeout=ctx.timeout)
+        conn.ensure_connection(
+            max_retries=1, interval_start=0, interval_step=0.2, interval_max=0.2, timeout=ctx.timeout
+        )
     finally:
         conn.release()
     return None
@@ -62,14 +67,23 @@ def check_workers(ctx: Context) -> Result:
     try:
         ctx.by_queue = ctx.wait(ctx.celery.workers, "workers", ctx.timeout + ctx.inspect_timeout)
     except Exception as exc:  # noqa: BLE001
-        return Result("workers", FAIL, f"the broadcast failed: {describe(exc, ctx.secrets())}",
-                      "Check the broker (above) and that workers use the same broker URL.")
+        return Result(
+            "workers",
+            FAIL,
+            f"the broadcast failed: {describe(exc, ctx.secrets())}",
+            "Check the broker (above) and that workers use the same broker URL.",
+        )
     live = sorted({w for consumers in ctx.by_queue.values() for w in consumers})
     window = f"{ctx.inspect_timeout:g} s"
     if not live:
-        return Result("workers", FAIL, f"no worker answered within {window}",
-                      f"Start workers (celery -A {ctx.app_ref} worker -Q <queues>) and check their logs; they must "
-                      "use this broker and keep remote control on (worker_enable_remote_control).",
-                      data={"workers": []})
-    return Result("workers", OK, f"{plural(len(live), 'worker')} answered within {window}: {names(live)}",
-                  data={"workers": live})
+        return Result(
+            "workers",
+            FAIL,
+            f"no worker answered within {window}",
+            f"Start workers (celery -A {ctx.app_ref} worker -Q <queues>) and check their logs; they must "
+            "use this broker and keep remote control on (worker_enable_remote_control).",
+            data={"workers": []},
+        )
+    return Result(
+        "workers", OK, f"{plural(len(live), 'worker')} answered within {window}: {names(live)}", data={"workers": live}
+    )

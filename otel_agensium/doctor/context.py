@@ -29,14 +29,26 @@ class Context:
     by_queue: dict[str, list[str]] | None = None  # live workers per queue, once the workers check ran
 
     @classmethod
-    def create(cls, app_path: str | None, broker: str | None, timeout: float | None = None,
-               queues: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Context:
+    def create(
+        cls,
+        app_path: str | None,
+        broker: str | None,
+        timeout: float | None = None,
+        queues: list[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Context:
         environ = dict(os.environ if environ is None else environ)
         settings = load(environ=environ, strict_raises=False)
         wait = float(timeout if timeout is not None else settings.health_timeout)
         explicit = queues if queues is not None else (list(settings.queues) or None)
-        return cls(settings, wait, min(float(settings.inspect_timeout), wait), app_path,
-                   broker or settings.broker_url, explicit)
+        return cls(
+            settings,
+            wait,
+            min(float(settings.inspect_timeout), wait),
+            app_path,
+            broker or settings.broker_url,
+            explicit,
+        )
 
     @property
     def app_ref(self) -> str:

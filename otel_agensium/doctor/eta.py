@@ -18,9 +18,11 @@ from .broker import skipped_without_broker
 from .context import Context
 from .result import OK, SKIPPED, WARN, Result, names, plural
 
-_FIX = ("Raise broker_transport_options={'visibility_timeout': <seconds>} above the longest countdown/ETA the app "
-        "uses (workers and producers alike), or keep far-future work out of the broker (beat, or a database row "
-        "a periodic task picks up).")
+_FIX = (
+    "Raise broker_transport_options={'visibility_timeout': <seconds>} above the longest countdown/ETA the app "
+    "uses (workers and producers alike), or keep far-future work out of the broker (beat, or a database row "
+    "a periodic task picks up)."
+)
 
 
 def _beat_countdowns(app: Any, limit: float) -> list[str]:
@@ -32,8 +34,9 @@ def _beat_countdowns(app: Any, limit: float) -> list[str]:
     return long
 
 
-def eta_verdict(visibility_timeout: float, held: int, beyond: list[tuple[str, str, float]],
-                beat_long: list[str]) -> tuple[str, str, str | None]:
+def eta_verdict(
+    visibility_timeout: float, held: int, beyond: list[tuple[str, str, float]], beat_long: list[str]
+) -> tuple[str, str, str | None]:
     """(verdict, detail, fix) from what the check read; pure."""
     vt = f"visibility_timeout={visibility_timeout:g} s"
     if not beyond and not beat_long:
@@ -42,8 +45,10 @@ def eta_verdict(visibility_timeout: float, held: int, beyond: list[tuple[str, st
     if beyond:
         tasks = sorted({f"{task} on {queue}" for queue, task, _ in beyond})
         longest = max(ahead for _, _, ahead in beyond)
-        parts.append(f"{plural(len(beyond), 'task')} held with an ETA up to {longest:.0f} s after delivery, beyond "
-                     f"{vt}: kombu will deliver them again and they will run twice ({names(tasks, 4)})")
+        parts.append(
+            f"{plural(len(beyond), 'task')} held with an ETA up to {longest:.0f} s after delivery, beyond "
+            f"{vt}: kombu will deliver them again and they will run twice ({names(tasks, 4)})"
+        )
     if beat_long:
         parts.append(f"{names(beat_long, 4)} beyond {vt}")
     return WARN, "; ".join(parts), _FIX
@@ -62,8 +67,13 @@ def check_eta(ctx: Context) -> Result:
     beat_long = _beat_countdowns(ctx.app, limit) if ctx.app_loaded else []
     held = sum(unacked.eta_held.values())
     verdict, detail, fix = eta_verdict(limit, held, unacked.beyond_visibility, beat_long)
-    data = {"visibility_timeout": limit, "eta_held": dict(unacked.eta_held),
-            "beyond_visibility": [{"queue": q, "task": t, "seconds_ahead": round(s, 1)}
-                                  for q, t, s in unacked.beyond_visibility],
-            "beat_entries": beat_long, "truncated": unacked.truncated}
+    data = {
+        "visibility_timeout": limit,
+        "eta_held": dict(unacked.eta_held),
+        "beyond_visibility": [
+            {"queue": q, "task": t, "seconds_ahead": round(s, 1)} for q, t, s in unacked.beyond_visibility
+        ],
+        "beat_entries": beat_long,
+        "truncated": unacked.truncated,
+    }
     return Result("eta", verdict, detail, fix, data=data)

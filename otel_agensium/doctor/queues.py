@@ -78,33 +78,50 @@ def check_queues(ctx: Context) -> list[Result]:
         depth_error = None
     except Exception as exc:  # noqa: BLE001
         lengths, depth_error = {}, describe(exc, ctx.secrets())
-    results = [r for r in (_verdict(ctx, name, expected.get(name), by_queue.get(name, []), lengths.get(name))
-                           for name in queues) if r is not None]
+    results = [
+        r
+        for r in (_verdict(ctx, name, expected.get(name), by_queue.get(name, []), lengths.get(name)) for name in queues)
+        if r is not None
+    ]
     if depth_error is not None:
-        results.append(Result("queues", WARN, f"depths not read: {depth_error}",
-                              "Run doctor again; consumers above were checked without depths."))
+        results.append(
+            Result(
+                "queues",
+                WARN,
+                f"depths not read: {depth_error}",
+                "Run doctor again; consumers above were checked without depths.",
+            )
+        )
     elif not results:
         results.append(Result("queues", OK, "no queue is routed to, consumed or holding messages"))
     return results
 
 
-def _verdict(ctx: Context, name: str, routed_by: str | None, consumers: list[str],
-             waiting: int | None) -> Result | None:
+def _verdict(
+    ctx: Context, name: str, routed_by: str | None, consumers: list[str], waiting: int | None
+) -> Result | None:
     """One queue's line; None for a known name nobody uses and nothing waits in (not worth a line)."""
     shown = "?" if waiting is None else str(waiting)
     data = {"queue": name, "workers": consumers, "waiting": waiting, "routed": routed_by is not None}
     if consumers:
         return Result(f"queue:{name}", OK, f"consumed by {names(consumers)}; {shown} waiting", data=data)
     if routed_by is not None:
-        return Result(f"queue:{name}", FAIL,
-                      f"the app sends tasks here ({routed_by}) but no live worker consumes it; {shown} waiting",
-                      f"Start a worker that consumes it (celery -A {ctx.app_ref} worker -Q {name}) or add {name} "
-                      "to an existing worker's -Q list.", data=data)
+        return Result(
+            f"queue:{name}",
+            FAIL,
+            f"the app sends tasks here ({routed_by}) but no live worker consumes it; {shown} waiting",
+            f"Start a worker that consumes it (celery -A {ctx.app_ref} worker -Q {name}) or add {name} "
+            "to an existing worker's -Q list.",
+            data=data,
+        )
     if waiting:
-        return Result(f"queue:{name}", FAIL,
-                      f"{plural(waiting, 'message')} waiting and no live worker consumes it "
-                      "(and the app does not route tasks here)",
-                      f"Start a worker with -Q {name}, or, if {name} is a misspelt or retired queue, fix the queue= "
-                      f"or task_routes that sends there and purge it (celery -A {ctx.app_ref} purge -Q {name}).",
-                      data=data)
+        return Result(
+            f"queue:{name}",
+            FAIL,
+            f"{plural(waiting, 'message')} waiting and no live worker consumes it "
+            "(and the app does not route tasks here)",
+            f"Start a worker with -Q {name}, or, if {name} is a misspelt or retired queue, fix the queue= "
+            f"or task_routes that sends there and purge it (celery -A {ctx.app_ref} purge -Q {name}).",
+            data=data,
+        )
     return None

@@ -32,5 +32,16 @@ from .formatter import JsonFormatter
 from .otlp import EXCLUDED_FROM_OTLP, OTLPHandler
 from .setup import LogsIntegration, install, installed_handlers, uninstall
 
-__all__ = ["CONTEXT_FIELDS", "EXCLUDED_FROM_OTLP", "HIDDEN_TASK_ARGS", "ContextFilter", "JsonFormatter",
-           "LogsIntegration", "OTLPHandler", "bind", "install", "installed_handlers", "uninstall"]
+__all__ = [
+    "CONTEXT_FIELDS",
+    "EXCLUDED_FROM_OTLP",
+    "HIDDEN_TASK_ARGS",
+    "ContextFilter",
+    "JsonFormatter",
+    "LogsIntegration",
+    "OTLPHandler",
+    "bind",
+    "install",
+    "installed_handlers",
+    "uninstall",
+]

@@ -55,8 +55,12 @@ def _message_dumps() -> dict[str, tuple[int, ...]]:
         try:
             from celery.worker.consumer import consumer as c
 
-            _consumer_dumps = {c.UNKNOWN_TASK_ERROR: (1,), c.INVALID_TASK_ERROR: (1,),
-                               c.MESSAGE_DECODE_ERROR: (3, 4), c.UNKNOWN_FORMAT: (0,)}
+            _consumer_dumps = {
+                c.UNKNOWN_TASK_ERROR: (1,),
+                c.INVALID_TASK_ERROR: (1,),
+                c.MESSAGE_DECODE_ERROR: (3, 4),
+                c.UNKNOWN_FORMAT: (0,),
+            }
         except (ImportError, AttributeError):
             _consumer_dumps = {}
     return _consumer_dumps
@@ -100,8 +104,9 @@ class ContextFilter(logging.Filter):
         if record.name == _CONSUMER_LOGGER and isinstance(record.args, tuple) and isinstance(record.msg, str):
             hidden = _message_dumps().get(record.msg)
             if hidden is not None:
-                record.args = tuple(HIDDEN_TASK_ARGS if i in hidden else _without_args(arg)
-                                    for i, arg in enumerate(record.args))
+                record.args = tuple(
+                    HIDDEN_TASK_ARGS if i in hidden else _without_args(arg) for i, arg in enumerate(record.args)
+                )
 
     @guarded
     def _stamp(self, record: logging.LogRecord) -> None:

@@ -28,8 +28,7 @@ class JsonFormatter(_LibJsonFormatter):
     def __init__(self) -> None:
         super().__init__(reserved_attrs=sorted(RESERVED), json_ensure_ascii=False)
 
-    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
-                   message_dict: dict[str, Any]) -> None:
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
         log_data["timestamp"] = _utc_timestamp(record)
         log_data["level"] = record.levelname
         log_data["logger"] = record.name

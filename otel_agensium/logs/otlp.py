@@ -96,8 +96,12 @@ class OTLPHandler(logging.Handler):
     def _attributes(record: logging.LogRecord) -> dict[str, Any]:
         attributes: dict[str, Any] = {}
         for key, value in record.__dict__.items():
-            if (value is None or key in NOT_OTLP_ATTRIBUTES or key.startswith("_")
-                    or (key in RESERVED and key not in CONTEXT_FIELDS)):
+            if (
+                value is None
+                or key in NOT_OTLP_ATTRIBUTES
+                or key.startswith("_")
+                or (key in RESERVED and key not in CONTEXT_FIELDS)
+            ):
                 continue
             attributes[key] = _attribute_value(value)
         attributes["code.file.path"] = record.pathname

@@ -66,10 +66,15 @@ def install(settings: Any, resource: Any) -> Any:
             directory = os.path.dirname(settings.log_file)
             if directory:
                 os.makedirs(directory, exist_ok=True)
-            json_handlers.append(logging.handlers.RotatingFileHandler(
-                settings.log_file, maxBytes=settings.log_file_max_bytes,
-                backupCount=settings.log_file_backups, encoding="utf-8", delay=True,
-            ))
+            json_handlers.append(
+                logging.handlers.RotatingFileHandler(
+                    settings.log_file,
+                    maxBytes=settings.log_file_max_bytes,
+                    backupCount=settings.log_file_backups,
+                    encoding="utf-8",
+                    delay=True,
+                )
+            )
         for handler in json_handlers:
             handler.setFormatter(formatter)
         handlers = list(json_handlers)
@@ -142,8 +147,10 @@ def _connect_celery(state: _Installed) -> None:
         from celery import signals
     except ImportError:
         return
-    for signal, receiver in ((signals.after_setup_logger, _after_setup_logger),
-                             (signals.after_setup_task_logger, _after_setup_task_logger)):
+    for signal, receiver in (
+        (signals.after_setup_logger, _after_setup_logger),
+        (signals.after_setup_task_logger, _after_setup_task_logger),
+    ):
         signal.connect(receiver, weak=False)
         state.signals.append((signal, receiver))
 

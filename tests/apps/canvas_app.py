@@ -12,8 +12,9 @@ BROKER = os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/0")
 QUEUE = os.environ.get("TEST_QUEUE", "canvas")
 
 app = Celery("canvas_app", broker=BROKER, backend=BROKER)
-app.conf.update(task_default_queue=QUEUE, worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True,
-                result_expires=300)
+app.conf.update(
+    task_default_queue=QUEUE, worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True, result_expires=300
+)
 
 
 @app.task(name="c.add")

@@ -22,5 +22,13 @@ incr.get(timeout=60)
 fail.get(timeout=60, propagate=False)
 retry.get(timeout=60)
 handle.shutdown()
-print(json.dumps({"incr": incr.id, "fail": fail.id, "retry": retry.id,
-                  "trace_id": format(client.get_span_context().trace_id, "032x")}))
+print(
+    json.dumps(
+        {
+            "incr": incr.id,
+            "fail": fail.id,
+            "retry": retry.id,
+            "trace_id": format(client.get_span_context().trace_id, "032x"),
+        }
+    )
+)

@@ -25,8 +25,10 @@ async def lifespan(_: FastAPI):
 
 queues = os.environ.get("HEALTH_QUEUES")
 api = FastAPI(lifespan=lifespan)
-api.include_router(health_router(
-    app=celery_app,
-    redis_url=os.environ.get("HEALTH_REDIS_URL") or None,
-    queues=queues.split(",") if queues else None,
-))
+api.include_router(
+    health_router(
+        app=celery_app,
+        redis_url=os.environ.get("HEALTH_REDIS_URL") or None,
+        queues=queues.split(",") if queues else None,
+    )
+)

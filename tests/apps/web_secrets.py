@@ -28,8 +28,9 @@ async def lifespan(_: FastAPI):
 
 api = FastAPI(lifespan=lifespan)
 api.include_router(health_router(app=celery_app, queues=[QUEUE]))
-api.include_router(health_router(app=celery_app, redis_url=os.environ["DEAD_REDIS_URL"], queues=[QUEUE],
-                                 prefix="/dead", timeout=1.0))
+api.include_router(
+    health_router(app=celery_app, redis_url=os.environ["DEAD_REDIS_URL"], queues=[QUEUE], prefix="/dead", timeout=1.0)
+)
 
 
 @api.post("/enqueue")
