@@ -66,7 +66,17 @@ def stack(redis_server, tmp_path_factory):
             otlp = collector.otlp_endpoint
             procs.append(
                 celery_worker(
-                    "tests.apps.tasks_app", redis_server.url, otlp, "celery,profile", name="live", concurrency=2
+                    "tests.apps.tasks_app",
+                    redis_server.url,
+                    otlp,
+                    "celery,profile",
+                    name="live",
+                    concurrency=2,
+                    # The SDK sends a histogram's exemplars with the export that follows the measurement
+                    # only, and the Collector's exporter shows the latest point's: an export interval
+                    # longer than Prometheus's 1 s scrape interval lets a scrape see them (in production:
+                    # 60 s exports, 15 s scrapes).
+                    env={"OTEL_METRIC_EXPORT_INTERVAL": "2000"},
                 )
             )
             monitor = Proc(
