@@ -512,7 +512,7 @@ def test_exporter_defers_to_the_parent_without_its_helpers(monkeypatch):
 
 
 def test_span_exporter_setting_uses_the_fast_exporter_for_http():
-    from otel_agensium.providers import span_exporter
+    from otel_agensium.exporters import span_exporter
     from otel_agensium.settings import load
 
     with Receiver() as receiver:

@@ -127,7 +127,7 @@ def test_an_error_on_the_first_batch_falls_back_too(receiver, monkeypatch, caplo
 def test_setting_off_uses_the_official_exporter(receiver):
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    from otel_agensium.providers import span_exporter
+    from otel_agensium.exporters import span_exporter
     from otel_agensium.settings import load
 
     exporter = span_exporter(load({"endpoint": receiver.endpoint, "fast_encoder": False}, environ={}))

@@ -62,7 +62,7 @@ class Tally:
     (about 5 us each: exemplar filter, attribute copy and hash, aggregation lock); the SDK
     reads the totals once per collection. What Prometheus and the Collector see is the
     same cumulative monotonic sum. A forked child starts from zero, as the SDK's own
-    metric state does after :func:`~otel_agensium.providers.reset_metric_state_after_fork`.
+    metric state does after :func:`~otel_agensium.fork.reset_metric_state_after_fork`.
     ``add`` has the signature of ``Counter.add``, so the handlers do not care which it is.
     """
 
