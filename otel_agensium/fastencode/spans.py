@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from struct import Struct
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan
@@ -39,33 +39,50 @@ from .wire import (
 _FAST = _probe_internals()
 _CONTEXT_TUPLE = _probe_span_context()
 
-# id(resource) -> (resource, ResourceSpans.resource field, ResourceSpans.schema_url field)
-_resources: dict[int, tuple[Any, bytes, bytes]] = {}
-# id(scope) -> (scope, ScopeSpans.scope field, ScopeSpans.schema_url field)
-_scopes: dict[int, tuple[Any, bytes, bytes]] = {}
+# Encoded fields of objects that repeat from span to span, keyed by identity: each entry holds
+# the object itself, so its id cannot be reused while the entry lives. Bounded: a full cache
+# is emptied. The per-span path reads _statuses and _trace_states inline (no call); on a miss,
+# and for resources and scopes (once per group), it goes through _cached and _remember.
+_V = TypeVar("_V")
+
+
+def _cached(cache: dict[int, tuple[Any, _V]], obj: Any) -> _V | None:
+    """What ``cache`` holds for this very object, else None."""
+    entry = cache.get(id(obj))
+    return entry[1] if entry is not None and entry[0] is obj else None
+
+
+def _remember(cache: dict[int, tuple[Any, _V]], obj: Any, value: _V) -> _V:
+    if len(cache) >= _OBJ_CACHE_MAX:
+        cache.clear()
+    cache[id(obj)] = (obj, value)
+    return value
+
+
+# id(resource) -> (resource, (ResourceSpans.resource field, ResourceSpans.schema_url field))
+_resources: dict[int, tuple[Any, tuple[bytes, bytes]]] = {}
+# id(scope) -> (scope, (ScopeSpans.scope field, ScopeSpans.schema_url field))
+_scopes: dict[int, tuple[Any, tuple[bytes, bytes]]] = {}
 
 # -- resource and scope ---------------------------------------------------------------------
 
 
 def _resource_fields(resource: Any) -> tuple[bytes, bytes]:
     """``ResourceSpans.resource`` (field 1) and ``ResourceSpans.schema_url`` (field 3)."""
-    entry = _resources.get(id(resource))
-    if entry is not None and entry[0] is resource:
-        return entry[1], entry[2]
+    fields = _cached(_resources, resource)
+    if fields is not None:
+        return fields
     head = _field_bytes(b"\x0a", _attributes_bytes(resource.attributes, _RESOURCE_ATTR_HDR))
     schema_url = resource.schema_url
     tail = _field_bytes(b"\x1a", schema_url.encode()) if schema_url else b""
-    if len(_resources) >= _OBJ_CACHE_MAX:
-        _resources.clear()
-    _resources[id(resource)] = (resource, head, tail)
-    return head, tail
+    return _remember(_resources, resource, (head, tail))
 
 
 def _scope_fields(scope: Any) -> tuple[bytes, bytes]:
     """``ScopeSpans.scope`` (field 1) and ``ScopeSpans.schema_url`` (field 3)."""
-    entry = _scopes.get(id(scope))
-    if entry is not None and entry[0] is scope:
-        return entry[1], entry[2]
+    fields = _cached(_scopes, scope)
+    if fields is not None:
+        return fields
     if scope is None:
         head, tail = b"\x0a\x00", b""
     else:
@@ -80,10 +97,7 @@ def _scope_fields(scope: Any) -> tuple[bytes, bytes]:
         head = _field_bytes(b"\x0a", b"".join(parts))
         schema_url = scope.schema_url
         tail = _field_bytes(b"\x1a", schema_url.encode()) if schema_url else b""
-    if len(_scopes) >= _OBJ_CACHE_MAX:
-        _scopes.clear()
-    _scopes[id(scope)] = (scope, head, tail)
-    return head, tail
+    return _remember(_scopes, scope, (head, tail))
 
 
 # -- spans ----------------------------------------------------------------------------------
@@ -104,9 +118,9 @@ _trace_states: dict[int, tuple[Any, bytes]] = {}
 
 def _status_field(status: Any) -> bytes:
     """``Span.status`` (field 15); present even when empty, as the official encoder sets it."""
-    entry = _statuses.get(id(status))
-    if entry is not None and entry[0] is status:
-        return entry[1]
+    cached = _cached(_statuses, status)
+    if cached is not None:
+        return cached
     code = status.status_code.value
     description = status.description
     body = _field_bytes(b"\x12", description.encode()) if description else b""
@@ -114,26 +128,21 @@ def _status_field(status: Any) -> bytes:
         body += b"\x18" + _varint(code)
     data = _field_bytes(b"\x7a", body)
     if not description:  # the shared default and the bare OK / ERROR: cached; a description seldom repeats
-        if len(_statuses) >= _OBJ_CACHE_MAX:
-            _statuses.clear()
-        _statuses[id(status)] = (status, data)
+        _remember(_statuses, status, data)
     return data
 
 
 def _trace_state_field(trace_state: Any) -> bytes:
     """``Span.trace_state`` (field 3): ``key=value`` pairs joined by commas, omitted when empty."""
-    entry = _trace_states.get(id(trace_state))
-    if entry is not None and entry[0] is trace_state:
-        return entry[1]
+    cached = _cached(_trace_states, trace_state)
+    if cached is not None:
+        return cached
     data = b""
     if trace_state is not None:
         text = ",".join([f"{key}={value}" for key, value in trace_state.items()])
         if text:
             data = _field_bytes(b"\x1a", text.encode())
-    if len(_trace_states) >= _OBJ_CACHE_MAX:
-        _trace_states.clear()
-    _trace_states[id(trace_state)] = (trace_state, data)
-    return data
+    return _remember(_trace_states, trace_state, data)
 
 
 def _encode_span(span: ReadableSpan) -> bytes:
