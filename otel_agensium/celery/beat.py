@@ -55,7 +55,7 @@ from .metrics import (
     BEAT_NEXT_TICK,
     BEAT_SEND_ERRORS,
     BEAT_SENDS,
-    METER_NAME,
+    celery_meter,
 )
 from .utils import OTHER, SENT_AT_HEADER
 
@@ -251,9 +251,7 @@ class BeatIntegration(Integration):
     def _create_instruments(self) -> None:
         if self.meter_provider is None or self._counters is not None:
             return
-        from ..version import __version__
-
-        meter = self.meter_provider.get_meter(METER_NAME, __version__)
+        meter = celery_meter(self.meter_provider)
         self._counters = (
             meter.create_counter(BEAT_SENDS, description="Messages beat sent for a schedule entry."),
             meter.create_counter(BEAT_SEND_ERRORS, description="Sends of a schedule entry that failed."),

@@ -28,6 +28,14 @@ QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
 
 METER_NAME = "otel_agensium.celery"
 
+
+def celery_meter(provider: MeterProvider) -> Meter:
+    """The meter every Celery instrument of this package is created on (its name and version)."""
+    from ..version import __version__
+
+    return provider.get_meter(METER_NAME, __version__)
+
+
 # Prometheus name -> (help text); see TaskMetrics for the instruments.
 RECEIVED = "celery_tasks_received"
 SUCCEEDED = "celery_tasks_succeeded"
@@ -122,9 +130,7 @@ class TaskMetrics:
 
     @classmethod
     def create(cls, provider: MeterProvider) -> TaskMetrics:
-        from ..version import __version__
-
-        meter = provider.get_meter(METER_NAME, __version__)
+        meter = celery_meter(provider)
         return cls(
             received=_tally(meter, RECEIVED, "Tasks a worker accepted from the broker."),
             succeeded=_tally(meter, SUCCEEDED, "Tasks that returned."),

@@ -242,6 +242,16 @@ def _encode_span(span: ReadableSpan) -> bytes:
     return b"".join(out)
 
 
+def _put_attributes_of(item: Any, hdr: list[bytes], dropped_tag: bytes, out: list[bytes]) -> None:
+    """An event's or a link's ``attributes`` and ``dropped_attributes_count`` fields."""
+    attributes = item.attributes
+    if attributes:
+        _put_attributes(attributes, hdr, out)
+    dropped = item.dropped_attributes
+    if dropped:
+        out += (dropped_tag, _varint(dropped))
+
+
 def _encode_event(event: Any) -> bytes:
     out: list[bytes] = []
     timestamp = event.timestamp
@@ -250,12 +260,7 @@ def _encode_event(event: Any) -> bytes:
     name = event.name
     if name:
         out.append(_field_bytes(b"\x12", name.encode()))
-    attributes = event.attributes
-    if attributes:
-        _put_attributes(attributes, _EVENT_ATTR_HDR, out)
-    dropped = event.dropped_attributes
-    if dropped:
-        out += (b"\x20", _varint(dropped))
+    _put_attributes_of(event, _EVENT_ATTR_HDR, b"\x20", out)
     return b"".join(out)
 
 
@@ -263,12 +268,7 @@ def _encode_link(link: Any) -> bytes:
     """A ``Span.Link``: ``trace_state`` is not written, as the official encoder does not."""
     context = link.context
     out = [b"\x0a\x10", context.trace_id.to_bytes(16, "big"), b"\x12\x08", context.span_id.to_bytes(8, "big")]
-    attributes = link.attributes
-    if attributes:
-        _put_attributes(attributes, _LINK_ATTR_HDR, out)
-    dropped = link.dropped_attributes
-    if dropped:
-        out += (b"\x28", _varint(dropped))
+    _put_attributes_of(link, _LINK_ATTR_HDR, b"\x28", out)
     out.append(_LINK_FLAGS_REMOTE if context.is_remote else _LINK_FLAGS_LOCAL)
     return b"".join(out)
 
