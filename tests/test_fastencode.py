@@ -422,7 +422,7 @@ def test_property_path_gives_the_same_bytes():
 def test_many_spans_and_bounded_caches():
     # Scope groups above 16 KiB (3-byte lengths), more resources and scopes than the caches hold.
     spans = []
-    for i in range(fastencode.spans._OBJ_CACHE_MAX + 6):
+    for i in range(fastencode.wire._OBJ_CACHE_MAX + 6):
         tp, exporter = provider(Resource({"service.name": f"svc-{i}", "i": i}))
         tracer = tp.get_tracer(f"scope-{i}", str(i))
         for j in range(3 if i else 200):
@@ -430,8 +430,8 @@ def test_many_spans_and_bounded_caches():
                 pass
         spans.extend(exporter.get_finished_spans())
     assert_same(spans)
-    assert len(fastencode.spans._resources) <= fastencode.spans._OBJ_CACHE_MAX
-    assert len(fastencode.spans._scopes) <= fastencode.spans._OBJ_CACHE_MAX
+    assert len(fastencode.groups._resources) <= fastencode.wire._OBJ_CACHE_MAX
+    assert len(fastencode.groups._scopes) <= fastencode.wire._OBJ_CACHE_MAX
 
 
 # -- the exporter -----------------------------------------------------------------------------

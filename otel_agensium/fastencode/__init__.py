@@ -32,11 +32,11 @@ to ``SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`` (0x100), plus
 ``SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`` (0x200) when the parent (for a link: the linked
 context) is remote; the W3C trace flags are not copied into ``flags``.
 
-Modules: ``wire`` (protobuf wire primitives, field tags, attribute values), ``spans``
-(resource, scope, span, event and link encoders; :func:`encode_spans`), ``probes``
-(import-time checks of the SDK internals the fast path reads), ``check`` (the official
-encoder and the probe batch the exporter proves itself against) and ``exporter``
-(:class:`FastOTLPSpanExporter`).
+Modules: ``wire`` (protobuf wire primitives, field tags, attribute values, identity caches),
+``groups`` (resource and scope fields; spans grouped by them), ``spans`` (span, event and
+link encoders; :func:`encode_spans`), ``probes`` (import-time checks of the SDK internals
+the fast path reads), ``check`` (the official encoder and the probe batch the exporter
+proves itself against) and ``exporter`` (:class:`FastOTLPSpanExporter`).
 """
 
 from .check import CHECK_SPANS, official_encode, probe_spans

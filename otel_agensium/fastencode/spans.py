@@ -1,17 +1,18 @@
-"""The span encoders: resource and scope (cached), span, event, link, and the whole
-``ExportTraceServiceRequest`` (:func:`encode_spans`)."""
+"""The span encoders: span, event, link, and the whole ``ExportTraceServiceRequest``
+(:func:`encode_spans`), its spans grouped by resource and scope (``groups``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from struct import Struct
-from typing import Any, TypeVar
+from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanContext
 
+from .groups import _ResourceGroups
 from .probes import _probe_internals, _probe_span_context
 from .wire import (
     _B,
@@ -20,17 +21,15 @@ from .wire import (
     _LINK_ATTR_HDR,
     _LINK_FLAGS_LOCAL,
     _LINK_FLAGS_REMOTE,
-    _OBJ_CACHE_MAX,
-    _RESOURCE_ATTR_HDR,
-    _SCOPE_ATTR_HDR,
     _SPAN_ATTR_HDR,
     _SPAN_FLAGS_LOCAL,
     _SPAN_FLAGS_REMOTE,
-    _attributes_bytes,
+    _cached,
     _field_bytes,
     _header_table,
     _pack_fixed64,
     _put_attributes,
+    _remember,
     _varint,
 )
 
@@ -38,66 +37,6 @@ from .wire import (
 # fields, ``SpanContext`` as the tuple it is.
 _FAST = _probe_internals()
 _CONTEXT_TUPLE = _probe_span_context()
-
-# Encoded fields of objects that repeat from span to span, keyed by identity: each entry holds
-# the object itself, so its id cannot be reused while the entry lives. Bounded: a full cache
-# is emptied. The per-span path reads _statuses and _trace_states inline (no call); on a miss,
-# and for resources and scopes (once per group), it goes through _cached and _remember.
-_V = TypeVar("_V")
-
-
-def _cached(cache: dict[int, tuple[Any, _V]], obj: Any) -> _V | None:
-    """What ``cache`` holds for this very object, else None."""
-    entry = cache.get(id(obj))
-    return entry[1] if entry is not None and entry[0] is obj else None
-
-
-def _remember(cache: dict[int, tuple[Any, _V]], obj: Any, value: _V) -> _V:
-    if len(cache) >= _OBJ_CACHE_MAX:
-        cache.clear()
-    cache[id(obj)] = (obj, value)
-    return value
-
-
-# id(resource) -> (resource, (ResourceSpans.resource field, ResourceSpans.schema_url field))
-_resources: dict[int, tuple[Any, tuple[bytes, bytes]]] = {}
-# id(scope) -> (scope, (ScopeSpans.scope field, ScopeSpans.schema_url field))
-_scopes: dict[int, tuple[Any, tuple[bytes, bytes]]] = {}
-
-# -- resource and scope ---------------------------------------------------------------------
-
-
-def _resource_fields(resource: Any) -> tuple[bytes, bytes]:
-    """``ResourceSpans.resource`` (field 1) and ``ResourceSpans.schema_url`` (field 3)."""
-    fields = _cached(_resources, resource)
-    if fields is not None:
-        return fields
-    head = _field_bytes(b"\x0a", _attributes_bytes(resource.attributes, _RESOURCE_ATTR_HDR))
-    schema_url = resource.schema_url
-    tail = _field_bytes(b"\x1a", schema_url.encode()) if schema_url else b""
-    return _remember(_resources, resource, (head, tail))
-
-
-def _scope_fields(scope: Any) -> tuple[bytes, bytes]:
-    """``ScopeSpans.scope`` (field 1) and ``ScopeSpans.schema_url`` (field 3)."""
-    fields = _cached(_scopes, scope)
-    if fields is not None:
-        return fields
-    if scope is None:
-        head, tail = b"\x0a\x00", b""
-    else:
-        parts = []
-        name = scope.name
-        if name:
-            parts.append(_field_bytes(b"\x0a", name.encode()))
-        version = scope.version
-        if version:
-            parts.append(_field_bytes(b"\x12", version.encode()))
-        parts.append(_attributes_bytes(scope.attributes, _SCOPE_ATTR_HDR))
-        head = _field_bytes(b"\x0a", b"".join(parts))
-        schema_url = scope.schema_url
-        tail = _field_bytes(b"\x1a", schema_url.encode()) if schema_url else b""
-    return _remember(_scopes, scope, (head, tail))
 
 
 # -- spans ----------------------------------------------------------------------------------
@@ -286,60 +225,6 @@ def _spans_header(n: int) -> bytes:
 
 
 _SPANS_HDR = _header_table(0x12)
-
-
-class _ScopeGroup:
-    __slots__ = ("head", "tail", "parts")
-
-    def __init__(self, scope: Any) -> None:
-        self.head, self.tail = _scope_fields(scope)
-        self.parts: list[bytes] = []  # (header, span) pairs
-
-
-class _ResourceGroup:
-    __slots__ = ("resource", "head", "tail", "parts_by_id", "by_value", "groups")
-
-    def __init__(self, resource: Any) -> None:
-        self.resource = resource
-        self.head, self.tail = _resource_fields(resource)
-        self.parts_by_id: dict[int, list[bytes]] = {}  # id(scope) -> its group's parts, every scope object seen
-        self.by_value: dict[Any, _ScopeGroup] = {}  # first scope of each equal class -> group
-        self.groups: list[_ScopeGroup] = []
-
-    def scope_parts(self, scope: Any) -> list[bytes]:
-        group = self.by_value.get(scope)  # equal scopes share a group (hash and ==, as official)
-        if group is None:
-            group = self.by_value[scope] = _ScopeGroup(scope)
-            self.groups.append(group)
-        self.parts_by_id[id(scope)] = group.parts
-        return group.parts
-
-
-class _ResourceGroups:
-    """The batch's resource groups, in order of first appearance."""
-
-    __slots__ = ("groups", "by_id", "by_value")
-
-    def __init__(self) -> None:
-        self.groups: list[_ResourceGroup] = []
-        self.by_id: dict[int, _ResourceGroup] = {}  # id(resource) -> group, every resource object seen
-        self.by_value: dict[Any, _ResourceGroup] | None = None  # built when a second resource object shows up
-
-    def group(self, resource: Any) -> _ResourceGroup:
-        group: _ResourceGroup | None
-        if not self.groups:
-            group = _ResourceGroup(resource)
-            self.groups.append(group)
-        else:
-            if self.by_value is None:  # Resource.__hash__ serializes its attributes: only now
-                first = self.groups[0]
-                self.by_value = {first.resource: first}
-            group = self.by_value.get(resource)  # equal resources share a group, as official
-            if group is None:
-                group = self.by_value[resource] = _ResourceGroup(resource)
-                self.groups.append(group)
-        self.by_id[id(resource)] = group
-        return group
 
 
 _NOTHING = object()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from struct import Struct
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.trace import SpanKind
 
@@ -204,3 +204,26 @@ def _attributes_bytes(attributes: Any, hdr: list[bytes]) -> bytes:
     out: list[bytes] = []
     _put_attributes(attributes, hdr, out)
     return b"".join(out)
+
+
+# -- identity caches ------------------------------------------------------------------------
+
+# Encoded fields of objects that repeat from span to span, keyed by identity: each entry holds
+# the object itself, so its id cannot be reused while the entry lives. Bounded: a full cache
+# is emptied. The per-span path reads _statuses and _trace_states inline (no call); on a miss,
+# and for resources and scopes (once per group), it goes through _cached and _remember
+# (spans.py, groups.py).
+_V = TypeVar("_V")
+
+
+def _cached(cache: dict[int, tuple[Any, _V]], obj: Any) -> _V | None:
+    """What ``cache`` holds for this very object, else None."""
+    entry = cache.get(id(obj))
+    return entry[1] if entry is not None and entry[0] is obj else None
+
+
+def _remember(cache: dict[int, tuple[Any, _V]], obj: Any, value: _V) -> _V:
+    if len(cache) >= _OBJ_CACHE_MAX:
+        cache.clear()
+    cache[id(obj)] = (obj, value)
+    return value
