@@ -10,9 +10,9 @@ internal and may change. ``health_router``, ``HealthChecks``, ``bind`` and
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import _lazy
 from .bootstrap import Handle, configure, current
 from .integration import IntegrationError
 from .settings import ConfigurationError, Settings
@@ -50,11 +50,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _lazy.load(__name__, _LAZY, name)
 
 
 def instrument_app(app: Any) -> Any:

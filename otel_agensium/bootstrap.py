@@ -14,7 +14,7 @@ from typing import Any, ParamSpec
 
 from opentelemetry import metrics, trace
 
-from . import errors, providers, shutdown
+from . import errors, exporters, fork, providers, shutdown
 from .integration import Integration
 from .settings import Settings, load
 
@@ -151,7 +151,7 @@ def _build(settings: Settings) -> Handle:
 def _build_into(handle: Handle) -> None:
     settings = handle.settings
     if settings.otlp:
-        providers.quiet_exporter_logs()
+        exporters.quiet_exporter_logs()
     resource = providers.build_resource(settings)
     if settings.traces:
         handle.tracer_provider = providers.build_tracer_provider(settings, resource)
@@ -162,7 +162,7 @@ def _build_into(handle: Handle) -> None:
         metrics.set_meter_provider(handle.meter_provider)
         meter_provider = handle.meter_provider
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=lambda: providers.reset_metric_state_after_fork(meter_provider))
+            os.register_at_fork(after_in_child=lambda: fork.reset_metric_state_after_fork(meter_provider))
         _add(handle, _ErrorCounters(meter_provider))
     if settings.logs:
         from .logs import LogsIntegration

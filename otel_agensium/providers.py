@@ -1,185 +1,25 @@
-"""Tracer, meter and logger providers, their exporters, and what happens to them at fork.
+"""Tracer and meter providers: resource, sampler, batch processors, readers, the Prometheus pull endpoint.
 
-Prefork pools (Celery's default) fork children from a parent that already holds the
-SDK's providers. The SDK restarts its export threads in the child and gives the child
-its own ``service.instance.id``; this module adds the two things it does not do:
-
-* exporters are created per process (an HTTP connection pool inherited from the
-  parent shares sockets with it), see :class:`_PerProcessExporter`;
-* the child's metric state starts empty: otherwise every child would re-export the
-  parent's cumulative counts under its own identity and Prometheus would count
-  them twice, see :func:`_reset_metric_state_after_fork`.
+Their OTLP exporters (one per process) are in :mod:`otel_agensium.exporters`, what a fork
+needs beyond the SDK in :mod:`otel_agensium.fork`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
-import time
-import weakref
-from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    MetricExporter,
-    MetricExportResult,
-    MetricReader,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider, sampling
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from . import errors
+from .exporters import metric_exporter, span_exporter
 from .settings import Settings
-from .shutdown import BUDGET, call_within_budget, count_items
 from .version import __version__
 
 _log = logging.getLogger("otel_agensium")
-
-# One warning per minute at most when an export fails (endpoint down, refused, ...).
-_WARN_EVERY_SECONDS = 60.0
-
-
-class _ExportFailures:
-    """Counts failed exports and logs at most one warning a minute."""
-
-    def __init__(self) -> None:
-        self.failed = 0
-        self.dropped = 0  # spans / log records the full batch queues dropped
-        self._last_warning = 0.0
-        self._lock = threading.Lock()
-
-    def record(self, signal: str, endpoint: str) -> None:
-        errors.count_export_failure(signal)
-        with self._lock:
-            self.failed += 1
-            now = time.monotonic()
-            if now - self._last_warning < _WARN_EVERY_SECONDS:
-                return
-            self._last_warning = now
-        _log.warning(
-            "otel-agensium: %s export to %s failed (%d failed exports, %d queued items dropped so far); "
-            "telemetry is dropped until it recovers, the application is not affected",
-            signal,
-            endpoint,
-            self.failed,
-            self.dropped,
-        )
-
-
-EXPORT_FAILURES = _ExportFailures()
-
-
-class _CountDrops(logging.Filter):
-    """Counts the batch processors' "Queue full, dropping ..." records instead of printing each.
-
-    So is "Shutdown called, ignoring ..." (a record or span emitted after the final flush).
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = str(record.msg)
-        if message.startswith("Queue full"):
-            with EXPORT_FAILURES._lock:
-                EXPORT_FAILURES.dropped += 1
-            return False
-        return not message.startswith("Shutdown called")
-
-
-_COUNT_DROPS = _CountDrops()
-
-
-def quiet_exporter_logs() -> None:
-    """One warning a minute instead of a line per failed attempt, retry and dropped item.
-
-    The OTLP exporters log every failed attempt and retry ("Transient error ...", "Failed
-    to export batch ...") and the batch processors every dropped item; with the endpoint
-    down that is many lines a second in the app's own log. :class:`_ExportFailures` says
-    the same, with counts, at most once a minute. A level the user set is left alone.
-    """
-    exporters = logging.getLogger("opentelemetry.exporter.otlp")
-    if exporters.level == logging.NOTSET:
-        exporters.setLevel(logging.CRITICAL)
-    processors = logging.getLogger("opentelemetry.sdk._shared_internal")
-    if _COUNT_DROPS not in processors.filters:
-        processors.addFilter(_COUNT_DROPS)
-
-
-class _PerProcessExporter:
-    """Creates the wrapped exporter lazily, once per process id."""
-
-    _instances: weakref.WeakSet[_PerProcessExporter] = weakref.WeakSet()
-
-    def __init__(self, factory: Callable[[], Any], signal: str, endpoint: str) -> None:
-        self._factory = factory
-        self._signal = signal
-        self._endpoint = endpoint
-        self._pid = -1
-        self._inner: Any = None
-        self._closed = False
-        self._lock = threading.Lock()
-        _PerProcessExporter._instances.add(self)
-
-    def _get(self) -> Any:
-        pid = os.getpid()
-        if self._pid != pid:
-            with self._lock:
-                if self._pid != pid:
-                    self._inner = self._factory()
-                    self._pid = pid
-                    self._closed = False
-        return self._inner
-
-    _SUCCESS: Any = None  # the export result enum members of the signal
-    _FAILURE: Any = None
-
-    def export(self, *args: Any, **kwargs: Any) -> Any:
-        """Export from a thread of its own, bounded by the final flush's deadline once it began.
-
-        What was not sent during the final flush is counted for its one report line.
-        """
-        batch = args[0] if args else next(iter(kwargs.values()), ())
-        outcome = call_within_budget(
-            lambda: self._get().export(*args, **kwargs), f"otel-agensium-{self._signal}-export", give_up=self.shutdown
-        )
-        result = outcome[0] if outcome else self._FAILURE
-        if result is not self._SUCCESS:
-            if BUDGET.deadline is None:
-                EXPORT_FAILURES.record(self._signal, self._endpoint)
-            else:
-                BUDGET.drop(self._signal, count_items(batch))
-        return result
-
-    def shutdown(self, *args: Any, **kwargs: Any) -> None:
-        if self._inner is not None and self._pid == os.getpid() and not self._closed:
-            self._closed = True
-            try:
-                self._inner.shutdown()
-            except Exception:  # noqa: BLE001
-                _log.debug("otel-agensium: exporter shutdown failed", exc_info=True)
-
-    def force_flush(self, *args: Any, **kwargs: Any) -> bool:
-        return True  # the batch processors and readers flush; the exporter holds nothing
-
-
-class PerProcessSpanExporter(_PerProcessExporter, SpanExporter):
-    _SUCCESS, _FAILURE = SpanExportResult.SUCCESS, SpanExportResult.FAILURE
-
-
-class PerProcessMetricExporter(_PerProcessExporter, MetricExporter):
-    def __init__(self, factory: Callable[[], Any], signal: str, endpoint: str) -> None:
-        _PerProcessExporter.__init__(self, factory, signal, endpoint)
-        probe = factory()  # temporality/aggregation preferences come from the real exporter
-        MetricExporter.__init__(
-            self,
-            preferred_temporality=probe._preferred_temporality,
-            preferred_aggregation=probe._preferred_aggregation,
-        )
-        self._inner, self._pid = probe, os.getpid()
-
-    _SUCCESS, _FAILURE = MetricExportResult.SUCCESS, MetricExportResult.FAILURE
 
 
 def build_resource(settings: Settings) -> Resource:
@@ -211,20 +51,6 @@ def build_sampler(settings: Settings) -> sampling.Sampler:
     }[settings.sampler]()
 
 
-def http_exporter_options(settings: Settings) -> dict[str, Any]:
-    """Headers, timeout and compression for an OTLP/HTTP exporter, from validated settings.
-
-    Passed explicitly so that the SDK never parses (and never logs a traceback for) these
-    variables itself; a bad value was already reported in one line and replaced by its default.
-    """
-    from opentelemetry.exporter.otlp.proto.http import Compression
-
-    compression = {"gzip": Compression.Gzip, "deflate": Compression.Deflate}.get(
-        settings.compression, Compression.NoCompression
-    )
-    return {"headers": settings.headers, "timeout": settings.export_timeout, "compression": compression}
-
-
 def batch_options(settings: Settings, prefix: str) -> dict[str, Any]:
     """Queue size, batch size and delay of a batch processor (``bsp`` or ``blrp`` settings)."""
     queue = getattr(settings, f"{prefix}_max_queue_size")
@@ -234,60 +60,6 @@ def batch_options(settings: Settings, prefix: str) -> dict[str, Any]:
         "max_export_batch_size": min(getattr(settings, f"{prefix}_max_export_batch_size"), queue),
         "schedule_delay_millis": getattr(settings, f"{prefix}_schedule_delay"),
     }
-
-
-def _exporter(
-    settings: Settings,
-    wrapper: type[_PerProcessExporter],
-    signal: str,
-    path: str,
-    http_class: Callable[[], type],
-    grpc_class: Callable[[], type],
-) -> Any:
-    """An OTLP exporter for one signal, created once per process by ``wrapper``.
-
-    ``http_class``/``grpc_class`` import the exporter class lazily: the gRPC package is optional.
-    """
-    if settings.protocol == "grpc":
-        return wrapper(
-            lambda: grpc_class()(endpoint=settings.endpoint, headers=settings.headers), signal, settings.endpoint
-        )
-    url = f"{settings.endpoint}/v1/{path}"
-    options = http_exporter_options(settings)
-    return wrapper(lambda: http_class()(endpoint=url, **options), signal, url)
-
-
-def span_exporter(settings: Settings) -> SpanExporter:
-    def http() -> type:
-        if not settings.fast_encoder:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            return OTLPSpanExporter
-        # The official exporter with a direct protobuf writer: same request bytes, far less CPU.
-        from .fastencode import FastOTLPSpanExporter
-
-        return FastOTLPSpanExporter
-
-    def grpc() -> type:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter
-
-    return _exporter(settings, PerProcessSpanExporter, "span", "traces", http, grpc)
-
-
-def metric_exporter(settings: Settings) -> MetricExporter:
-    def http() -> type:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-
-        return OTLPMetricExporter
-
-    def grpc() -> type:
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-        return OTLPMetricExporter
-
-    return _exporter(settings, PerProcessMetricExporter, "metric", "metrics", http, grpc)
 
 
 def build_tracer_provider(settings: Settings, resource: Resource) -> TracerProvider:
@@ -334,80 +106,3 @@ def prometheus_reader(settings: Settings) -> MetricReader | None:
         return None
     # Without scope labels the series carry exactly the SPEC's labels (task_name, queue).
     return _PullReader(scope_info_enabled=False)
-
-
-def _renew_locks(obj: Any, *names: str) -> None:
-    """Give ``obj`` new, unheld locks of the same kinds (a fork copies a lock held by another thread)."""
-    for name in names:
-        old = getattr(obj, name, None)
-        if old is not None:
-            setattr(obj, name, threading.RLock() if isinstance(old, _RLOCK_TYPE) else threading.Lock())
-
-
-_RLOCK_TYPE = type(threading.RLock())
-
-
-def _renew_own_locks_after_fork() -> None:
-    """Export threads take these locks; a fork while one is held must not leave it held in the child."""
-    _renew_locks(EXPORT_FAILURES, "_lock")
-    for exporter in list(_PerProcessExporter._instances):
-        _renew_locks(exporter, "_lock")
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_own_locks_after_fork)
-
-
-def reset_metric_state_after_fork(provider: MeterProvider) -> None:
-    """Forget the cumulative state a forked child inherited from its parent, and unlock it.
-
-    The SDK keeps per-instrument aggregations in each reader's storage; a child that
-    kept them would export the parent's counts again under its own
-    ``service.instance.id``. Storage entries are created lazily on the next
-    measurement, so dropping them gives the child a clean start.
-
-    A fork also copies locks that the parent's export thread held at that moment; in
-    the child no thread will ever release them, and the first measurement or export
-    would block forever (seen: a replacement child forked while the parent exported
-    hung in ``task_postrun``). The locks the SDK does not renew itself are renewed here.
-    """
-    try:
-        consumer = provider._measurement_consumer  # noqa: SLF001
-        _renew_locks(consumer, "_lock")
-        for storage in consumer._reader_storages.values():  # noqa: SLF001
-            _renew_locks(storage, "_lock")
-            storage._instrument_view_instrument_matches = {}  # noqa: SLF001
-        for reader in list(consumer._reader_storages):  # noqa: SLF001 - this provider's readers
-            _renew_locks(reader, "_lock", "_export_lock")
-        for meter in list(provider._meters.values()):  # noqa: SLF001
-            _renew_locks(meter, "_instrument_registration_lock")
-    except AttributeError:  # an SDK whose internals moved: say so once, keep running
-        _log.warning(
-            "otel-agensium: cannot reset metric state after fork with this opentelemetry-sdk; "
-            "forked children may repeat their parent's counts"
-        )
-
-
-# -- logs (the logs SDK is still under opentelemetry.sdk._logs) ---------------------------
-
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult  # noqa: E402
-
-
-class PerProcessLogExporter(_PerProcessExporter, LogRecordExporter):
-    """A LogRecordExporter created once per process id, like the span and metric exporters."""
-
-    _SUCCESS, _FAILURE = LogRecordExportResult.SUCCESS, LogRecordExportResult.FAILURE
-
-
-def log_exporter(settings: Settings) -> LogRecordExporter:
-    def http() -> type:
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-
-        return OTLPLogExporter
-
-    def grpc() -> type:
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-
-        return OTLPLogExporter
-
-    return _exporter(settings, PerProcessLogExporter, "log", "logs", http, grpc)

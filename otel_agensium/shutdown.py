@@ -7,7 +7,7 @@ socket that never answers). Here instead:
 
 * a process's final flush gets one deadline (:meth:`Budget.begin`); the three providers
   shut down in parallel under it (:func:`run_until`), and every export still running at
-  the deadline is left behind (:mod:`otel_agensium.providers` sends each export from its
+  the deadline is left behind (:mod:`otel_agensium.exporters` sends each export from its
   own thread and stops waiting for it), every later one is not tried;
 * what was not sent is counted per signal and said in one line (:func:`report`);
 * in a prefork worker the budget is shared: once the main process has announced its

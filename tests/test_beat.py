@@ -13,7 +13,8 @@ import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from otel_agensium.celery.beat import BEAT_FIELD, beat_verdict
+from otel_agensium.celery.beat import BEAT_FIELD
+from otel_agensium.doctor.beat import beat_verdict
 from tests.otlp_receiver import wait_for
 from tests.procs import BIN, ROOT, Proc, free_port
 

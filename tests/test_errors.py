@@ -11,7 +11,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
 from otel_agensium import errors
-from otel_agensium.providers import span_exporter
+from otel_agensium.exporters import span_exporter
 from otel_agensium.settings import load
 from tests.procs import free_port
 

@@ -117,7 +117,7 @@ def test_field_numbers_match_the_installed_proto():
 
 def test_sdk_internals_probe_passed():
     # The fast path (instance fields instead of copying properties) is on with this SDK.
-    assert fastencode._FAST is True
+    assert fastencode.spans._FAST is True
 
 
 # -- spans ------------------------------------------------------------------------------------
@@ -386,8 +386,8 @@ def test_public_property_path_when_the_sdk_internals_are_not_as_expected(monkeyp
         span.record_exception(RuntimeError("x"))
     spans = exporter.get_finished_spans()
     fast = encode_spans(spans)
-    monkeypatch.setattr(fastencode, "_FAST", False)
-    monkeypatch.setattr(fastencode, "_CONTEXT_TUPLE", False)
+    monkeypatch.setattr(fastencode.spans, "_FAST", False)
+    monkeypatch.setattr(fastencode.spans, "_CONTEXT_TUPLE", False)
     assert assert_same(spans) == fast
 
 
@@ -422,7 +422,7 @@ def test_property_path_gives_the_same_bytes():
 def test_many_spans_and_bounded_caches():
     # Scope groups above 16 KiB (3-byte lengths), more resources and scopes than the caches hold.
     spans = []
-    for i in range(fastencode._OBJ_CACHE_MAX + 6):
+    for i in range(fastencode.wire._OBJ_CACHE_MAX + 6):
         tp, exporter = provider(Resource({"service.name": f"svc-{i}", "i": i}))
         tracer = tp.get_tracer(f"scope-{i}", str(i))
         for j in range(3 if i else 200):
@@ -430,8 +430,8 @@ def test_many_spans_and_bounded_caches():
                 pass
         spans.extend(exporter.get_finished_spans())
     assert_same(spans)
-    assert len(fastencode._resources) <= fastencode._OBJ_CACHE_MAX
-    assert len(fastencode._scopes) <= fastencode._OBJ_CACHE_MAX
+    assert len(fastencode.groups._resources) <= fastencode.wire._OBJ_CACHE_MAX
+    assert len(fastencode.groups._scopes) <= fastencode.wire._OBJ_CACHE_MAX
 
 
 # -- the exporter -----------------------------------------------------------------------------
@@ -502,7 +502,7 @@ def test_parent_export_is_the_one_this_exporter_copies():
 
 
 def test_exporter_defers_to_the_parent_without_its_helpers(monkeypatch):
-    monkeypatch.setattr(fastencode, "_is_request_too_large", None)
+    monkeypatch.setattr(fastencode.exporter, "_is_request_too_large", None)
     spans = _celery_like_spans(2)
     with Receiver() as receiver:
         exporter = FastOTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
@@ -512,7 +512,7 @@ def test_exporter_defers_to_the_parent_without_its_helpers(monkeypatch):
 
 
 def test_span_exporter_setting_uses_the_fast_exporter_for_http():
-    from otel_agensium.providers import span_exporter
+    from otel_agensium.exporters import span_exporter
     from otel_agensium.settings import load
 
     with Receiver() as receiver:

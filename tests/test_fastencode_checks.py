@@ -73,8 +73,8 @@ def test_probe_batch_is_encoded_identically():
 def test_first_batch_is_checked_then_the_fast_encoder_alone_runs(receiver, monkeypatch, caplog):
     fast = Counting(fastencode.encode_spans)
     official = Counting(official_encode)
-    monkeypatch.setattr(fastencode, "encode_spans", fast)
-    monkeypatch.setattr(fastencode, "official_encode", official)
+    monkeypatch.setattr(fastencode.exporter, "encode_spans", fast)
+    monkeypatch.setattr(fastencode.exporter, "official_encode", official)
     batches = [_celery_like_spans(3) for _ in range(4)]
     assert _export(receiver, batches) == [SpanExportResult.SUCCESS] * 4
     assert FastOTLPSpanExporter.fast is True
@@ -87,7 +87,7 @@ def test_first_batch_is_checked_then_the_fast_encoder_alone_runs(receiver, monke
 
 def test_bytes_that_differ_fall_back_to_the_official_encoder_logged_once(receiver, monkeypatch, caplog):
     fast = Counting(fastencode.encode_spans, corrupt=True)
-    monkeypatch.setattr(fastencode, "encode_spans", fast)
+    monkeypatch.setattr(fastencode.exporter, "encode_spans", fast)
     batches = [_celery_like_spans(2) for _ in range(3)]
     with caplog.at_level(logging.WARNING, logger="otel_agensium"):
         assert _export(receiver, batches) == [SpanExportResult.SUCCESS] * 3
@@ -102,7 +102,7 @@ def test_bytes_that_differ_fall_back_to_the_official_encoder_logged_once(receive
 
 def test_an_encoding_error_resends_that_batch_officially_and_turns_the_fast_path_off(receiver, monkeypatch, caplog):
     fast = Counting(fastencode.encode_spans, fail_after=4)  # proves itself (2 calls), two batches, then raises
-    monkeypatch.setattr(fastencode, "encode_spans", fast)
+    monkeypatch.setattr(fastencode.exporter, "encode_spans", fast)
     batches = [_celery_like_spans(2) for _ in range(4)]
     with caplog.at_level(logging.WARNING, logger="otel_agensium"):
         assert _export(receiver, batches) == [SpanExportResult.SUCCESS] * 4
@@ -115,7 +115,7 @@ def test_an_encoding_error_resends_that_batch_officially_and_turns_the_fast_path
 
 
 def test_an_error_on_the_first_batch_falls_back_too(receiver, monkeypatch, caplog):
-    monkeypatch.setattr(fastencode, "encode_spans", Counting(fastencode.encode_spans, fail_after=0))
+    monkeypatch.setattr(fastencode.exporter, "encode_spans", Counting(fastencode.encode_spans, fail_after=0))
     batch = _celery_like_spans(2)
     with caplog.at_level(logging.WARNING, logger="otel_agensium"):
         assert _export(receiver, [batch]) == [SpanExportResult.SUCCESS]
@@ -127,7 +127,7 @@ def test_an_error_on_the_first_batch_falls_back_too(receiver, monkeypatch, caplo
 def test_setting_off_uses_the_official_exporter(receiver):
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    from otel_agensium.providers import span_exporter
+    from otel_agensium.exporters import span_exporter
     from otel_agensium.settings import load
 
     exporter = span_exporter(load({"endpoint": receiver.endpoint, "fast_encoder": False}, environ={}))
@@ -163,7 +163,7 @@ def test_only_the_first_spans_of_a_large_first_batch_are_encoded_twice(receiver,
         sizes.append(len(spans))
         return official_encode(spans)
 
-    monkeypatch.setattr(fastencode, "official_encode", official)
+    monkeypatch.setattr(fastencode.exporter, "official_encode", official)
     batch = _celery_like_spans(fastencode.CHECK_SPANS)  # two spans a task: twice CHECK_SPANS spans
     assert _export(receiver, [batch]) == [SpanExportResult.SUCCESS]
     assert sizes == [fastencode.CHECK_SPANS, len(probe_spans())]

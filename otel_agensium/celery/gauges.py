@@ -23,7 +23,6 @@ from ..redact import describe
 from .backlog import QueueFigures, RedisBacklog, read_figures, worker_concurrency
 from .metrics import (
     ACTIVE_WORKERS,
-    METER_NAME,
     QUEUE_BACKLOG,
     QUEUE_CONCURRENCY,
     QUEUE_ETA_HELD,
@@ -31,6 +30,7 @@ from .metrics import (
     QUEUE_LOAD,
     QUEUE_OLDEST_AGE,
     QUEUE_UNACKED,
+    celery_meter,
 )
 from .queues import CeleryQueues, _close_quietly
 
@@ -62,9 +62,7 @@ class QueueGauges(Integration):
         self._failing: dict[str, bool] = {}
 
     def setup(self) -> None:
-        from ..version import __version__
-
-        meter = self.meter_provider.get_meter(METER_NAME, __version__)
+        meter = celery_meter(self.meter_provider)
         meter.create_observable_gauge(
             QUEUE_LENGTH,
             callbacks=[self._observe_lengths],

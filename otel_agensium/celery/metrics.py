@@ -28,6 +28,14 @@ QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
 
 METER_NAME = "otel_agensium.celery"
 
+
+def celery_meter(provider: MeterProvider) -> Meter:
+    """The meter every Celery instrument of this package is created on (its name and version)."""
+    from ..version import __version__
+
+    return provider.get_meter(METER_NAME, __version__)
+
+
 # Prometheus name -> (help text); see TaskMetrics for the instruments.
 RECEIVED = "celery_tasks_received"
 SUCCEEDED = "celery_tasks_succeeded"
@@ -62,7 +70,7 @@ class Tally:
     (about 5 us each: exemplar filter, attribute copy and hash, aggregation lock); the SDK
     reads the totals once per collection. What Prometheus and the Collector see is the
     same cumulative monotonic sum. A forked child starts from zero, as the SDK's own
-    metric state does after :func:`~otel_agensium.providers.reset_metric_state_after_fork`.
+    metric state does after :func:`~otel_agensium.fork.reset_metric_state_after_fork`.
     ``add`` has the signature of ``Counter.add``, so the handlers do not care which it is.
     """
 
@@ -122,9 +130,7 @@ class TaskMetrics:
 
     @classmethod
     def create(cls, provider: MeterProvider) -> TaskMetrics:
-        from ..version import __version__
-
-        meter = provider.get_meter(METER_NAME, __version__)
+        meter = celery_meter(provider)
         return cls(
             received=_tally(meter, RECEIVED, "Tasks a worker accepted from the broker."),
             succeeded=_tally(meter, SUCCEEDED, "Tasks that returned."),

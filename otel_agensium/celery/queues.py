@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from .. import _lazy
 from ..redact import redact_url
 
 _log = logging.getLogger("otel_agensium.queues")
@@ -267,8 +268,4 @@ _MOVED = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name], __package__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _lazy.load(__name__, _MOVED, name)

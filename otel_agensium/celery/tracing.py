@@ -120,6 +120,15 @@ def task_id_of(headers: Any, body: Any) -> str | None:
     return None
 
 
+def _end(open_spans: dict[str, tuple[Any, Any]], task_id: str | None) -> None:
+    """End the span opened for ``task_id`` (publish or run) and detach the context it was attached in."""
+    entry = open_spans.pop(task_id, None) if task_id is not None else None
+    if entry is not None:
+        span, token = entry
+        span.end()
+        context.detach(token)
+
+
 class LeanCeleryTracing:
     """Connects the publish and run span handlers; ``uninstall()`` disconnects exactly those."""
 
@@ -170,12 +179,7 @@ class LeanCeleryTracing:
 
     @guarded
     def _on_after_publish(self, headers: dict | None = None, body: Any = None, **_: Any) -> None:
-        task_id = task_id_of(headers, body)
-        entry = self._publishing.pop(task_id, None) if task_id is not None else None
-        if entry is not None:
-            span, token = entry
-            span.end()
-            context.detach(token)
+        _end(self._publishing, task_id_of(headers, body))
 
     # -- run -------------------------------------------------------------------------------
     @guarded
@@ -217,8 +221,4 @@ class LeanCeleryTracing:
 
     @guarded
     def _on_postrun(self, task_id: str | None = None, **_: Any) -> None:
-        entry = self._running.pop(task_id, None) if task_id is not None else None
-        if entry is not None:
-            span, token = entry
-            span.end()
-            context.detach(token)
+        _end(self._running, task_id)

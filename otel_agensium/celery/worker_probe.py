@@ -238,8 +238,7 @@ class ProbeIntegration(Integration):
             report("ProbeIntegration._on_worker_init")
 
     def _ready_gauge(self, hostname: str) -> None:
-        from ..version import __version__
-        from .metrics import METER_NAME, WORKER_READY
+        from .metrics import WORKER_READY, celery_meter
 
         main_pid = os.getpid()
         worker = hostname if len(hostname) <= 200 and hostname.isprintable() else "other"
@@ -252,7 +251,7 @@ class ProbeIntegration(Integration):
                 return []
             return [Observation(1 if state.consumer_state()[0] else 0, {"worker": worker})]
 
-        meter = self.meter_provider.get_meter(METER_NAME, __version__)
+        meter = celery_meter(self.meter_provider)
         meter.create_observable_gauge(
             WORKER_READY,
             callbacks=[observe],

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import report
 from ..integration import Integration, connect
-from .metrics import METER_NAME, WORKER_ETA_TASKS
+from .metrics import WORKER_ETA_TASKS, celery_meter
 from .utils import MAX_LABEL_LENGTH, OTHER, queue_of
 
 
@@ -68,12 +68,10 @@ class WorkerTaskGauges(Integration):
         try:
             if self.main_pid is not None:
                 return
-            from ..version import __version__
-
             hostname = str(getattr(sender, "hostname", "") or "unknown")
             self.worker = hostname if len(hostname) <= MAX_LABEL_LENGTH and hostname.isprintable() else OTHER
             self.main_pid = os.getpid()
-            meter = self.meter_provider.get_meter(METER_NAME, __version__)
+            meter = celery_meter(self.meter_provider)
             meter.create_observable_gauge(
                 WORKER_ETA_TASKS,
                 callbacks=[self._observe],

@@ -85,7 +85,8 @@ def install(settings: Any, resource: Any) -> Any:
             from opentelemetry.sdk._logs import LoggerProvider
             from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
-            from ..providers import batch_options, log_exporter
+            from ..exporters import log_exporter
+            from ..providers import batch_options
 
             provider = LoggerProvider(resource=resource)
             # Bounded queue: when the endpoint is down, records beyond it are dropped.

@@ -22,7 +22,7 @@ def export_failures():
     """This child's count of failed OTLP exports and of items its full queues dropped, once every
     log record it queued has been exported or given up on (a flush of its logger provider)."""
     from otel_agensium.bootstrap import current
-    from otel_agensium.providers import EXPORT_FAILURES
+    from otel_agensium.exporters import EXPORT_FAILURES
 
     handle = current()
     if handle is not None and handle.logger_provider is not None:
