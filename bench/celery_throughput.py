@@ -20,7 +20,18 @@ import time
 
 import redis
 
-from bench.common import BIN, VARIANTS, cpu_seconds, machine, median, otlp_sink, redis_server, spawn, stop, variant_env
+from bench.common import (
+    VARIANTS,
+    celery_worker,
+    cpu_seconds,
+    machine,
+    median,
+    otlp_sink,
+    publish,
+    redis_server,
+    stop,
+    variant_env,
+)
 
 
 def publisher(broker: str):
@@ -40,29 +51,9 @@ def one_run(variant: str, broker: str, endpoint: str, tasks: int, pool: str, con
     client = redis.Redis.from_url(broker)
     client.flushdb()
     app = publisher(broker)
-    with app.producer_or_acquire() as producer:
-        for _ in range(tasks):
-            app.send_task("bench.incr", queue="bench", producer=producer)
+    publish(app, tasks)
     prefix, env = variant_env(variant, endpoint)
-    worker = spawn(
-        [
-            *prefix,
-            str(BIN / "celery"),
-            "-A",
-            "bench.app",
-            "worker",
-            "-Q",
-            "bench",
-            "--pool",
-            pool,
-            "--concurrency",
-            str(concurrency),
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        env={"BENCH_BROKER_URL": broker, **env},
-    )
+    worker = celery_worker(broker, env, pool, concurrency, prefix)
     try:
         # From 25 %: past start-up and each process's first span export (fastencode checks that one).
         start_mark, deadline = tasks // 4, time.monotonic() + 300

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import redis
 
 from bench.celery_throughput import one_run, publisher
-from bench.common import BIN, machine, median, otlp_sink, redis_server, spawn, variant_env
+from bench.common import celery_worker, machine, median, otlp_sink, publish, redis_server, variant_env, wait_done
 from tests.otlp_receiver import Receiver
 from tests.procs import BlackHole, refusing_endpoint
 
@@ -40,35 +40,10 @@ def warm_shutdown_seconds(broker: str, endpoint: str, env: dict[str, str], tasks
     client = redis.Redis.from_url(broker)
     client.flushdb()
     prefix, variant = variant_env("agensium-full", endpoint)
-    worker = spawn(
-        [
-            *prefix,
-            str(BIN / "celery"),
-            "-A",
-            "bench.app",
-            "worker",
-            "-Q",
-            "bench",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            "2",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        env={"BENCH_BROKER_URL": broker, **variant, **env},
-    )
+    worker = celery_worker(broker, {**variant, **env}, "prefork", 2, prefix)
     try:
-        app = publisher(broker)
-        with app.producer_or_acquire() as producer:
-            for _ in range(tasks):
-                app.send_task("bench.incr", queue="bench", producer=producer)
-        deadline = time.monotonic() + 120
-        while int(client.get("bench:done") or 0) < tasks:
-            if time.monotonic() > deadline or worker.poll() is not None:
-                raise RuntimeError("the worker did not finish its tasks")
-            time.sleep(0.01)
+        publish(publisher(broker), tasks)
+        wait_done(client, tasks, worker, 120, poll=0.01)
         started = time.monotonic()
         os.kill(worker.pid, signal.SIGTERM)  # the main process only, as Kubernetes does
         worker.wait(120)
@@ -97,7 +72,7 @@ def main() -> None:
             for state in STATES if round_no % 2 == 0 else reversed(STATES):
                 with _environ(env):
                     tps[state].append(
-                        one_run("agensium-full", broker, urls[state], args.tasks, args.pool, args.concurrency)
+                        one_run("agensium-full", broker, urls[state], args.tasks, args.pool, args.concurrency)[0]
                     )
                 stops[state].append(warm_shutdown_seconds(broker, urls[state], env))
                 print(

@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,14 +82,7 @@ def redis_server() -> Iterator[str]:
 def otlp_sink() -> Iterator[str]:
     port = free_port()
     proc = spawn([sys.executable, "-m", "bench.sink", str(port)])
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        if time.monotonic() > deadline:
-            raise RuntimeError("OTLP sink did not start")
-        time.sleep(0.05)
+    wait_port(port, 10, "OTLP sink")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -152,3 +145,66 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return f"{os.cpu_count()} cores, {cpu}, Python {sys.version.split()[0]}"
+
+
+def celery_worker(
+    broker: str,
+    env: dict[str, str],
+    pool: str = "solo",
+    concurrency: int | None = None,
+    prefix: Sequence[str] = (),
+) -> subprocess.Popen:
+    """A worker of bench.app on the ``bench`` queue, under ``prefix`` (opentelemetry-instrument, valgrind)."""
+    conc = [] if concurrency is None else ["--concurrency", str(concurrency)]
+    return spawn(
+        [
+            *prefix,
+            str(BIN / "celery"),
+            *["-A", "bench.app", "worker", "-Q", "bench", "--pool", pool, *conc],
+            *["--without-gossip", "--without-mingle", "--without-heartbeat"],
+        ],
+        env={"BENCH_BROKER_URL": broker, **env},
+    )
+
+
+def uvicorn(
+    port: int, env: dict[str, str], prefix: Sequence[str] = (), python: str = sys.executable
+) -> subprocess.Popen:
+    """bench.web_app under uvicorn (one process) on ``port``; wait for it with ``wait_port``."""
+    return spawn(
+        [
+            *prefix,
+            python,
+            *["-m", "uvicorn", "bench.web_app:app", "--port", str(port)],
+            *["--no-access-log", "--log-level", "warning"],
+        ],
+        env=env,
+    )
+
+
+def wait_port(port: int, timeout: float = 30, what: str = "uvicorn") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start")
+
+
+def publish(app, count: int) -> None:
+    """Send ``count`` bench.incr tasks to the ``bench`` queue over one producer."""
+    with app.producer_or_acquire() as producer:
+        for _ in range(count):
+            app.send_task("bench.incr", queue="bench", producer=producer)
+
+
+def wait_done(client, count: int, worker: subprocess.Popen, timeout: float, poll: float = 0.05) -> None:
+    """Until the bench app's counter reaches ``count``; raises if the worker exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while int(client.get("bench:done") or 0) < count:
+        if worker.poll() is not None:
+            raise RuntimeError("the worker exited")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count} tasks not done in {timeout:.0f}s")
+        time.sleep(poll)

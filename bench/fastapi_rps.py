@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 
-from bench.common import free_port, machine, median, otlp_sink, redis_server, spawn, stop
+from bench.common import free_port, machine, median, otlp_sink, redis_server, stop, uvicorn, wait_port
 
 # name -> (BENCH_VARIANT, extra environment)
 WEB_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
@@ -27,16 +25,6 @@ WEB_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "agensium-contrib": ("agensium", {"AGENSIUM_HTTP_INSTRUMENTATION": "contrib"}),
 }
 POST_LUA = 'wrk.method = "POST"'
-
-
-def _wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError("uvicorn did not start")
 
 
 def _ms(text: str) -> float:
@@ -75,23 +63,10 @@ def one_run(
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_SERVICE_NAME": f"bench-web-{variant}",
     }
-    web = spawn(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.web_app:app",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
+    web = uvicorn(port, env)
     out = {}
     try:
-        _wait_port(port)
+        wait_port(port)
         for path, lua in (("/hello", None), ("/enqueue", post_script())):
             wrk(f"http://127.0.0.1:{port}{path}", 1, connections, lua)  # warm-up
             out[path] = wrk(f"http://127.0.0.1:{port}{path}", seconds, connections, lua)

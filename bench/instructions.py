@@ -19,13 +19,25 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import redis
 
 from bench.celery_throughput import publisher
-from bench.common import BIN, machine, otlp_sink, redis_server, spawn, stop, variant_env
+from bench.common import (
+    BIN,
+    celery_worker,
+    free_port,
+    machine,
+    otlp_sink,
+    publish,
+    redis_server,
+    stop,
+    uvicorn,
+    variant_env,
+    wait_done,
+    wait_port,
+)
 
 # Besides bench.common's variants: full telemetry with no span recorded, to split the tracing cost
 # into the path every call takes and the recording of spans.
@@ -33,20 +45,29 @@ from bench.common import BIN, machine, otlp_sink, redis_server, spawn, stop, var
 EXTRA_VARIANTS = {"agensium-unsampled": ("agensium-full", {"OTEL_TRACES_SAMPLER": "always_off"})}
 
 
-def _wait_done(client: redis.Redis, count: int, worker: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while int(client.get("bench:done") or 0) < count:
-        if worker.poll() is not None:
-            raise RuntimeError("the worker exited")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{count} tasks not done in {timeout:.0f}s")
-        time.sleep(0.2)
+def _callgrind(tmp: str, children: bool = False) -> list[str]:
+    """valgrind's callgrind with counting off at start; its dumps go to ``tmp``."""
+    trace = ["--trace-children=yes"] if children else []
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", *trace, f"--callgrind-out-file={tmp}/callgrind.out"]
 
 
-def _publish(app, count: int) -> None:
-    with app.producer_or_acquire() as producer:
-        for _ in range(count):
-            app.send_task("bench.incr", queue="bench", producer=producer)
+def _counting_on(pid: int) -> None:
+    subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+    subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
+
+
+def _dump_total(pid: int, tmp: str, keep: str | None = None, name: str = "") -> int:
+    """Counting off, dump, the largest total of the dumps; ``keep``: a directory to copy them to."""
+    subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True)
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    total = 0
+    for dump in Path(tmp).glob("callgrind.out*"):
+        if keep:
+            shutil.copy(dump, Path(keep) / f"callgrind.{name}.{dump.name}")
+        match = re.search(r"^totals:\s+(\d+)", dump.read_text(errors="replace"), re.M)
+        if match:
+            total = max(total, int(match.group(1)))
+    return total
 
 
 def instructions_per_task(
@@ -65,63 +86,22 @@ def instructions_per_task(
     # speed, over ~60,000 tasks) are left out.
     env = {"OTEL_BSP_SCHEDULE_DELAY": "600000", "OTEL_METRIC_EXPORT_INTERVAL": "600000", **env}
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        worker = spawn(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                "--trace-children=yes",
-                f"--callgrind-out-file={out}",
-                *prefix,
-                str(BIN / "python"),
-                str(BIN / "celery"),
-                "-A",
-                "bench.app",
-                "worker",
-                "-Q",
-                "bench",
-                "--pool",
-                "solo",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            env={"BENCH_BROKER_URL": broker, **env},
+        worker = celery_worker(
+            broker, env, "solo", prefix=[*_callgrind(tmp, children=True), *prefix, str(BIN / "python")]
         )
         try:
-            _publish(app, warmup)
-            _wait_done(client, warmup, worker, 600)
-            subprocess.run(["callgrind_control", "-z", str(worker.pid)], check=True, capture_output=True)
-            subprocess.run(["callgrind_control", "-i", "on", str(worker.pid)], check=True, capture_output=True)
-            _publish(app, tasks)
-            _wait_done(client, warmup + tasks, worker, 600)
-            subprocess.run(["callgrind_control", "-i", "off", str(worker.pid)], check=True, capture_output=True)
-            subprocess.run(["callgrind_control", "-d", str(worker.pid)], check=True, capture_output=True)
-            total = 0
-            for dump in Path(tmp).glob("callgrind.out*"):
-                if keep:
-                    shutil.copy(dump, Path(keep) / f"callgrind.{variant}.{dump.name}")
-                match = re.search(r"^totals:\s+(\d+)", dump.read_text(errors="replace"), re.M)
-                if match:
-                    total = max(total, int(match.group(1)))
+            publish(app, warmup)
+            wait_done(client, warmup, worker, 600, poll=0.2)
+            _counting_on(worker.pid)
+            publish(app, tasks)
+            wait_done(client, warmup + tasks, worker, 600, poll=0.2)
+            total = _dump_total(worker.pid, tmp, keep, variant)
         finally:
             stop(worker)
     return total / tasks
 
 
 DEFAULT_VARIANTS = "none,agensium-metrics,agensium-full,plain-otel"
-
-
-def _dump_total(pid: int, tmp: str) -> int:
-    subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True)
-    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
-    total = 0
-    for dump in Path(tmp).glob("callgrind.out*"):
-        match = re.search(r"^totals:\s+(\d+)", dump.read_text(errors="replace"), re.M)
-        if match:
-            total = max(total, int(match.group(1)))
-    return total
 
 
 def instructions_per_request(
@@ -134,8 +114,7 @@ def instructions_per_request(
     """
     import http.client
 
-    from bench.common import free_port
-    from bench.fastapi_rps import WEB_VARIANTS, _wait_port
+    from bench.fastapi_rps import WEB_VARIANTS
 
     bench_variant, extra = WEB_VARIANTS[variant]
     port = free_port()
@@ -149,26 +128,9 @@ def instructions_per_request(
     }
     method = "POST" if path == "/enqueue" else "GET"
     with tempfile.TemporaryDirectory() as tmp:
-        web = spawn(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                f"--callgrind-out-file={tmp}/callgrind.out",
-                str(BIN / "python"),
-                "-m",
-                "uvicorn",
-                "bench.web_app:app",
-                "--port",
-                str(port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-        )
+        web = uvicorn(port, env, prefix=_callgrind(tmp), python=str(BIN / "python"))
         try:
-            _wait_port(port, timeout=300)
+            wait_port(port, timeout=300)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
             def hit(n: int) -> None:
@@ -177,8 +139,7 @@ def instructions_per_request(
                     conn.getresponse().read()
 
             hit(warmup)
-            subprocess.run(["callgrind_control", "-z", str(web.pid)], check=True, capture_output=True)
-            subprocess.run(["callgrind_control", "-i", "on", str(web.pid)], check=True, capture_output=True)
+            _counting_on(web.pid)
             hit(requests)
             total = _dump_total(web.pid, tmp)
         finally:

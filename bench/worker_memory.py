@@ -14,7 +14,7 @@ import time
 import redis
 
 from bench.celery_throughput import publisher
-from bench.common import BIN, free_port, machine, redis_server, rss_kib, spawn, stop, variant_env
+from bench.common import celery_worker, free_port, machine, publish, redis_server, rss_kib, stop, variant_env, wait_done
 
 
 def main() -> None:
@@ -27,38 +27,18 @@ def main() -> None:
         app = publisher(broker)
         prefix, env = variant_env(args.variant, f"http://127.0.0.1:{free_port()}")  # nothing listens there
         env["OTEL_EXPORTER_OTLP_TIMEOUT"] = "1"
-        worker = spawn(
-            [
-                *prefix,
-                str(BIN / "celery"),
-                "-A",
-                "bench.app",
-                "worker",
-                "-Q",
-                "bench",
-                "--pool",
-                "solo",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            env={"BENCH_BROKER_URL": broker, **env},
-        )
+        worker = celery_worker(broker, env, "solo", prefix=prefix)
         try:
             samples: list[tuple[int, int]] = []
             batch = 5000
             published = 0
             started = time.monotonic()
             while published < args.tasks:
-                with app.producer_or_acquire() as producer:
-                    for _ in range(min(batch, args.tasks - published)):
-                        app.send_task("bench.incr", queue="bench", producer=producer)
-                published += min(batch, args.tasks - published)
+                count = min(batch, args.tasks - published)
+                publish(app, count)
+                published += count
                 # keep the queue short: wait until the worker caught up with this batch
-                while int(client.get("bench:done") or 0) < published:
-                    if worker.poll() is not None:
-                        raise SystemExit("worker died")
-                    time.sleep(0.05)
+                wait_done(client, published, worker, 600)
                 samples.append((published, rss_kib(worker.pid)))
                 print(f"  {published:7d} tasks  RSS {samples[-1][1] / 1024:7.1f} MiB", flush=True)
             elapsed = time.monotonic() - started

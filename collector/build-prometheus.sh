@@ -14,29 +14,14 @@ set -euo pipefail
 release=3.16.0
 module_version=v0.316.0
 
-if ! command -v go >/dev/null 2>&1; then
-  echo "otel-agensium: building Prometheus $release needs Go >= 1.25 on PATH; the tests fall back to Debian's prometheus" >&2
-  exit 2
-fi
+. "$(cd "$(dirname "$0")" && pwd)/_cache.sh"
+require_go "building Prometheus $release needs Go >= 1.25 on PATH; the tests fall back to Debian's prometheus"
 
-key=$( (echo "$module_version"; go version) | sha256sum | cut -c1-16)
-cache=${OTELCOL_AGENSIUM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/otel-agensium}
-dir="$cache/prometheus-$key"
-binary="$dir/bin/prometheus"
+dir=$(echo "$module_version" | cache_dir prometheus)
 
-if [ ! -x "$binary" ]; then
-  mkdir -p "$dir"
-  exec 9>"$dir/.lock"
-  flock 9  # two test processes asking at once build once
-  if [ ! -x "$binary" ]; then
-    log="$dir/build.log"
-    echo "otel-agensium: building Prometheus $release into $dir (several minutes, once)" >&2
-    if ! GOBIN="$dir/bin" go install -ldflags "-X github.com/prometheus/common/version.Version=$release" \
-        "github.com/prometheus/prometheus/cmd/prometheus@$module_version" >"$log" 2>&1; then
-      tail -n 40 "$log" >&2
-      echo "otel-agensium: the Prometheus build failed; full log: $log" >&2
-      exit 1
-    fi
-  fi
-fi
-echo "$binary"
+build() {
+  GOBIN="$dir/bin" go install -ldflags "-X github.com/prometheus/common/version.Version=$release" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$module_version"
+}
+build_once "$dir" "$dir/bin/prometheus" \
+  "building Prometheus $release into $dir (several minutes, once)" "the Prometheus build failed" build

@@ -218,3 +218,46 @@ def running(proc: Proc, sig: int = signal.SIGTERM) -> Iterator[Proc]:
         yield proc
     finally:
         proc.stop(sig)
+
+
+def uvicorn_app(
+    app: str,
+    broker: str,
+    otlp: str,
+    *,
+    service: str,
+    name: str = "uvicorn",
+    env: dict[str, str] | None = None,
+    health: str | None = None,
+) -> tuple[Proc, str]:
+    """``app`` (module:attribute) under uvicorn on a free port, sending its telemetry to ``otlp``.
+
+    Waits until uvicorn says it is running, or, with ``health`` (a path), until that path answers
+    200; stops the process if it does not start. Returns it and its base URL.
+    """
+    port = free_port()
+    proc = Proc(
+        [str(BIN / "python"), "-m", "uvicorn", app, "--port", str(port), "--host", "127.0.0.1"],
+        env={
+            "TEST_BROKER_URL": broker,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
+            "OTEL_SERVICE_NAME": service,
+            **(env or {}),
+        },
+        name=name,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        if health is None:
+            proc.wait_for_line("Uvicorn running", timeout=60)
+        else:
+            proc.wait_http_ok(base + health, timeout=30)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, base
+
+
+def monitor_args(app: str, queues: str, *extra: str) -> list[str]:
+    """The command line of ``otel-agensium monitor`` for ``app`` watching ``queues``."""
+    return [sys.executable, "-m", "otel_agensium.cli", "monitor", "-A", app, "--queues", queues, *extra]

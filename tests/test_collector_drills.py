@@ -19,7 +19,7 @@ import pytest
 from tests import prom
 from tests.collector import AgensiumCollector, TempoStandIn, own_metric
 from tests.otlp_receiver import Receiver, wait_for
-from tests.procs import celery_worker
+from tests.procs import Proc, celery_worker
 
 pytestmark = pytest.mark.skipif(prom.prometheus_binary() is None, reason="Debian package `prometheus` missing")
 
@@ -113,6 +113,24 @@ def _marked(receiver: Receiver, marker: str) -> int:
     return sum(1 for s in receiver.spans() if s["attributes"].get("drill.marker") == marker)
 
 
+def _worker(apps, collector: AgensiumCollector, queue: str, **kwargs) -> Proc:
+    """A worker of tests.apps.collector_app on ``queue``, its telemetry to ``collector``."""
+    return celery_worker("tests.apps.collector_app", apps.app.conf.broker_url, collector.otlp_endpoint, queue, **kwargs)
+
+
+def _ok_tasks(apps, queue: str, count: int) -> None:
+    """Send ``count`` t.ok tasks to ``queue`` at once, then wait for each result."""
+    for r in [apps.ok.apply_async((1,), queue=queue) for _ in range(count)]:
+        r.get(timeout=30)
+
+
+def _ok_runs(tempo_sink: Receiver, service: str) -> int:
+    """How many run/t.ok spans of ``service`` reached Tempo."""
+    return sum(
+        1 for s in tempo_sink.spans() if s["name"] == "run/t.ok" and s["resource"].get("service.name") == service
+    )
+
+
 def test_a_full_batch_of_task_spans_fits_tempo_grpc_limit(tempo, sinks):
     """Three full batches (3 x 4096 failed-task spans, ~2 KB each) reach a receiver limited to 4 MiB,
     in requests under the limit; with the exporter's byte cap removed, the same batches are refused."""
@@ -149,10 +167,9 @@ def test_collector_killed_and_restarted_mid_run(tempo, sinks, apps, tmp_path):
     tempo_sink, loki = sinks
     collector = AgensiumCollector(tempo.endpoint, loki.endpoint).start()
     server = None
-    worker = celery_worker(
-        "tests.apps.collector_app",
-        apps.app.conf.broker_url,
-        collector.otlp_endpoint,
+    worker = _worker(
+        apps,
+        collector,
         "drill-restart",
         name="restart",
         concurrency=2,
@@ -195,20 +212,12 @@ def test_traces_backend_down_queue_keeps_then_drops_past_its_size(tempo, sinks, 
         "processors::batch::timeout": "200ms",
     }
     with AgensiumCollector(tempo.endpoint, loki.endpoint, sets=small_queue) as collector:
-        worker = celery_worker(
-            "tests.apps.collector_app",
-            apps.app.conf.broker_url,
-            collector.otlp_endpoint,
-            "drill-tempo",
-            name="tempo-down",
-            concurrency=1,
-        )
+        worker = _worker(apps, collector, "drill-tempo", name="tempo-down", concurrency=1)
         try:
             tempo.stop()
             sent = 0
             for _ in range(20):  # ~10 s of traffic, several batches a second
-                for r in [apps.ok.apply_async((1,), queue="drill-tempo") for _ in range(3)]:
-                    r.get(timeout=30)
+                _ok_tasks(apps, "drill-tempo", 3)
                 sent += 3
                 time.sleep(0.4)
             queued = own_metric(collector, "otelcol_exporter_queue_size")
@@ -216,11 +225,7 @@ def test_traces_backend_down_queue_keeps_then_drops_past_its_size(tempo, sinks, 
             tempo.start()
 
             def runs():
-                return sum(
-                    1
-                    for s in tempo_sink.spans()
-                    if s["name"] == "run/t.ok" and s["resource"].get("service.name") == "worker-tempo-down"
-                )
+                return _ok_runs(tempo_sink, "worker-tempo-down")
 
             # What the queue kept (and the batch being retried) arrives once Tempo is back.
             wait_for(
@@ -259,10 +264,9 @@ def test_memory_limiter_refuses_a_burst_and_the_app_is_unaffected(tempo, sinks, 
         return sum(1 for r in loki.log_records() if str(r["body"]).startswith("burst"))
 
     with AgensiumCollector(tempo.endpoint, loki.endpoint, sets=low) as collector:
-        worker = celery_worker(
-            "tests.apps.collector_app",
-            apps.app.conf.broker_url,
-            collector.otlp_endpoint,
+        worker = _worker(
+            apps,
+            collector,
             "drill-memory",
             name="memory",
             concurrency=1,
@@ -297,10 +301,9 @@ def test_recycled_child_series_expire_after_metric_expiration(tempo, sinks, apps
     sets = {"exporters::prometheus::metric_expiration": "4s"}
     with AgensiumCollector(tempo.endpoint, loki.endpoint, sets=sets) as collector:
         server = prom.start_prometheus(tmp_path / "prom", scrape_configs=collector.scrape_configs())
-        worker = celery_worker(
-            "tests.apps.collector_app",
-            apps.app.conf.broker_url,
-            collector.otlp_endpoint,
+        worker = _worker(
+            apps,
+            collector,
             "drill-expire",
             name="expire",
             concurrency=1,
@@ -341,20 +344,12 @@ def test_traces_backend_down_with_the_shipped_queue(tempo, sinks, apps):
     tempo_sink, loki = sinks
     outage = float(os.environ["AGENSIUM_DRILL_TEMPO_OUTAGE"])
     with AgensiumCollector(tempo.endpoint, loki.endpoint) as collector:
-        worker = celery_worker(
-            "tests.apps.collector_app",
-            apps.app.conf.broker_url,
-            collector.otlp_endpoint,
-            "drill-outage",
-            name="outage",
-            concurrency=2,
-        )
+        worker = _worker(apps, collector, "drill-outage", name="outage", concurrency=2)
         try:
             tempo.stop()
             started, sent, peak = time.monotonic(), 0, 0.0
             while time.monotonic() - started < outage:
-                for r in [apps.ok.apply_async((1,), queue="drill-outage") for _ in range(10)]:
-                    r.get(timeout=30)
+                _ok_tasks(apps, "drill-outage", 10)
                 sent += 10
                 peak = max(peak, own_metric(collector, "otelcol_exporter_queue_size"))
                 time.sleep(0.2)
@@ -362,11 +357,7 @@ def test_traces_backend_down_with_the_shipped_queue(tempo, sinks, apps):
             back = time.monotonic()
 
             def runs():
-                return sum(
-                    1
-                    for s in tempo_sink.spans()
-                    if s["name"] == "run/t.ok" and s["resource"].get("service.name") == "worker-outage"
-                )
+                return _ok_runs(tempo_sink, "worker-outage")
 
             wait_for(lambda: runs() >= sent, timeout=outage + 120)
             took = time.monotonic() - back

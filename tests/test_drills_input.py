@@ -268,15 +268,16 @@ TOKEN = "Tk-drill6-7a11b0b5"
 
 def _serve_web(broker: str, receiver, dead_redis: str, queue: str, env: dict[str, str]):
 
-    from tests.procs import BIN, Proc, free_port
+    from tests.procs import uvicorn_app
 
-    port = free_port()
-    proc = Proc(
-        [str(BIN / "uvicorn"), "tests.apps.web_secrets:api", "--host", "127.0.0.1", "--port", str(port)],
+    return uvicorn_app(
+        "tests.apps.web_secrets:api",
+        broker,
+        receiver.endpoint,
+        service="web-secrets",
+        name="uvicorn web-secrets",
+        health="/health",
         env={
-            "TEST_BROKER_URL": broker,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_SERVICE_NAME": "web-secrets",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
             "OTEL_BLRP_SCHEDULE_DELAY": "100",
             "OTEL_METRIC_EXPORT_INTERVAL": "500",
@@ -284,15 +285,7 @@ def _serve_web(broker: str, receiver, dead_redis: str, queue: str, env: dict[str
             "SECRETS_QUEUE": queue,
             **env,
         },
-        name="uvicorn web-secrets",
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        proc.wait_http_ok(base + "/health", timeout=30)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, base
 
 
 def _cli(*args: str, env: dict[str, str]) -> str:

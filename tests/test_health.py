@@ -13,19 +13,20 @@ import pytest
 
 from otel_agensium.redact import describe, scrub
 from tests.otlp_receiver import wait_for
-from tests.procs import BIN, Proc, RedisServer, celery_worker, free_port
+from tests.procs import Proc, RedisServer, celery_worker, uvicorn_app
 
 CLIENT_TIMEOUT = 3.0  # the spec: a dead Redis answers 503 within 3 s, never a hang
 
 
 def _serve(broker: str, receiver, service: str, **env: str) -> tuple[Proc, str]:
-    port = free_port()
-    proc = Proc(
-        [str(BIN / "uvicorn"), "tests.apps.web_health:api", "--host", "127.0.0.1", "--port", str(port)],
+    return uvicorn_app(
+        "tests.apps.web_health:api",
+        broker,
+        receiver.endpoint,
+        service=service,
+        name=f"uvicorn {service}",
+        health="/health",
         env={
-            "TEST_BROKER_URL": broker,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_SERVICE_NAME": service,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
             "OTEL_BLRP_SCHEDULE_DELAY": "100",
             "OTEL_METRIC_EXPORT_INTERVAL": "1000",
@@ -33,11 +34,7 @@ def _serve(broker: str, receiver, service: str, **env: str) -> tuple[Proc, str]:
             "AGENSIUM_HEALTH_CACHE_TTL": "1",
             **env,
         },
-        name=f"uvicorn {service}",
     )
-    base = f"http://127.0.0.1:{port}"
-    proc.wait_http_ok(base + "/health", timeout=30)
-    return proc, base
 
 
 def _get(base: str, path: str) -> tuple[httpx.Response, float]:

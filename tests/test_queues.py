@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,7 +26,7 @@ from otel_agensium.celery.gauges import QueueGauges
 from otel_agensium.celery.metrics import ACTIVE_WORKERS, QUEUE_LENGTH
 from otel_agensium.celery.queues import CeleryQueues, redis_keys
 from tests.otlp_receiver import wait_for
-from tests.procs import ROOT, Proc, RedisServer, celery_worker, free_port
+from tests.procs import ROOT, Proc, RedisServer, celery_worker, free_port, monitor_args
 
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672//"
 # (priority, messages) per queue; kombu's default steps are 0, 3, 6, 9: 5 -> 3, 7 -> 6.
@@ -250,17 +249,7 @@ def test_rabbitmq_depth_exact_with_priorities():
 
 
 def _monitor(queues: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "otel_agensium.cli",
-        "monitor",
-        "-A",
-        "tests.apps.tasks_app",
-        "--queues",
-        queues,
-        *extra,
-    ]
+    return monitor_args("tests.apps.tasks_app", queues, *extra)
 
 
 def test_active_workers_drop_within_60s_of_sigkill(redis_server, receiver):

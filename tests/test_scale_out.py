@@ -23,7 +23,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -34,7 +33,7 @@ import yaml
 from tests import prom
 from tests.collector import Collector, validate
 from tests.otlp_receiver import Receiver, attrs, wait_for
-from tests.procs import BIN, ROOT, Proc, celery_worker, free_port
+from tests.procs import BIN, ROOT, Proc, celery_worker, free_port, monitor_args
 
 K8S = ROOT / "deploy" / "kubernetes"
 AGENT = K8S / "base" / "collector" / "agent.yaml"
@@ -189,16 +188,7 @@ class Cluster:
                 celery_worker("tests.apps.tasks_app", self.redis_url, endpoint, QUEUE, name=node, concurrency=2)
             )
         monitor = Proc(
-            [
-                sys.executable,
-                "-m",
-                "otel_agensium.cli",
-                "monitor",
-                "-A",
-                "tests.apps.tasks_app",
-                "--queues",
-                f"{QUEUE},{QUEUE}-backlog",
-            ],
+            monitor_args("tests.apps.tasks_app", f"{QUEUE},{QUEUE}-backlog"),
             name="monitor",
             env={
                 "TEST_BROKER_URL": self.redis_url,

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tests.otlp_receiver import Receiver, wait_for
-from tests.procs import BIN, BlackHole, Proc, celery_worker, free_port, refusing_endpoint
+from tests.procs import BIN, BlackHole, Proc, celery_worker, refusing_endpoint, uvicorn_app
 
 BUDGET = 2.0  # AGENSIUM_SHUTDOWN_TIMEOUT in these tests; the export timeout stays at its 10 s default
 MARGIN = 10.0  # machines are noisy: the bound is generous, the figures are printed
@@ -142,32 +142,21 @@ def test_child_recycled_by_memory_limit_exits_within_budget_with_a_black_hole(re
 @pytest.mark.parametrize("state", STATES)
 def test_uvicorn_app_stops_within_budget(redis_server, state):
     """uvicorn re-raises SIGTERM once the app has shut down (no atexit): the flush runs at lifespan shutdown."""
-    port = free_port()
     with endpoint_in(state) as (endpoint, receiver):
-        web = Proc(
-            [
-                str(BIN / "python"),
-                "-m",
-                "uvicorn",
-                "tests.apps.web_app:app",
-                "--port",
-                str(port),
-                "--host",
-                "127.0.0.1",
-            ],
+        web, base = uvicorn_app(
+            "tests.apps.web_app:app",
+            redis_server.url,
+            endpoint,
+            service=f"web-budget-{state}",
+            name=f"uvicorn-{state}",
             env={
-                "TEST_BROKER_URL": redis_server.url,
-                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-                "OTEL_SERVICE_NAME": f"web-budget-{state}",
                 "AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET),
                 "OTEL_BSP_SCHEDULE_DELAY": "600000",
                 "OTEL_METRIC_EXPORT_INTERVAL": "600000",
             },
-            name=f"uvicorn-{state}",
         )
         try:
-            web.wait_for_line("Uvicorn running", timeout=60)
-            codes = [httpx.get(f"http://127.0.0.1:{port}/items/{i}", timeout=10).status_code for i in range(20)]
+            codes = [httpx.get(f"{base}/items/{i}", timeout=10).status_code for i in range(20)]
         finally:
             code, seconds = _stop_timed(web)
         dropped = _drop_lines(web)

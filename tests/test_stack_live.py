@@ -11,7 +11,6 @@ Loki's place. One set-up for the module; the tests only read.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -22,7 +21,7 @@ import yaml
 from tests import prom
 from tests.collector import AgensiumCollector, TempoStandIn
 from tests.otlp_receiver import Receiver, wait_for
-from tests.procs import BIN, ROOT, Proc, celery_worker, free_port
+from tests.procs import ROOT, Proc, celery_worker, monitor_args, uvicorn_app
 
 pytestmark = pytest.mark.skipif(prom.prometheus_binary() is None, reason="Debian package `prometheus` missing")
 
@@ -80,16 +79,7 @@ def stack(redis_server, tmp_path_factory):
                 )
             )
             monitor = Proc(
-                [
-                    sys.executable,
-                    "-m",
-                    "otel_agensium.cli",
-                    "monitor",
-                    "-A",
-                    "tests.apps.tasks_app",
-                    "--queues",
-                    "celery,profile",
-                ],
+                monitor_args("tests.apps.tasks_app", "celery,profile"),
                 name="monitor",
                 env={
                     "TEST_BROKER_URL": redis_server.url,
@@ -99,31 +89,15 @@ def stack(redis_server, tmp_path_factory):
                 },
             )
             procs.append(monitor)
-            port = free_port()
-            web = Proc(
-                [
-                    str(BIN / "python"),
-                    "-m",
-                    "uvicorn",
-                    "tests.apps.web_app:app",
-                    "--port",
-                    str(port),
-                    "--host",
-                    "127.0.0.1",
-                ],
-                name="uvicorn",
-                env={
-                    "TEST_BROKER_URL": redis_server.url,
-                    "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
-                    "OTEL_SERVICE_NAME": "web",
-                    "TEST_QUEUE": "profile",
-                    "OTEL_BSP_SCHEDULE_DELAY": "100",
-                    "OTEL_METRIC_EXPORT_INTERVAL": "500",
-                },
+            web, web_url = uvicorn_app(
+                "tests.apps.web_app:app",
+                redis_server.url,
+                otlp,
+                service="web",
+                env={"TEST_QUEUE": "profile", "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500"},
             )
             procs.append(web)
             monitor.wait_for_line("otel-agensium monitor: watching", timeout=30)
-            web.wait_for_line("Uvicorn running", timeout=60)
             server = prom.start_prometheus(tmp_path_factory.mktemp("prom"), scrape_configs=collector.scrape_configs())
             prom.wait_for_result(server, 'up{job="otel-collector"} == 1', timeout=30)
             live = Stack(server, collector, tempo_sink, loki, time.time())
@@ -136,7 +110,7 @@ def stack(redis_server, tmp_path_factory):
                     result.get(timeout=30)
                 with pytest.raises(ValueError):
                     tasks_app.fail.apply_async(queue="celery").get(timeout=30)
-                response = httpx.post(f"http://127.0.0.1:{port}/enqueue", timeout=10)
+                response = httpx.post(f"{web_url}/enqueue", timeout=10)
                 ids.setdefault("t.incr", []).append(response.json()["task_id"])
                 log_sleep = tasks_app.log_sleep.apply_async((0.05,), queue="celery")
                 ids.setdefault("t.log_sleep", []).append(log_sleep.get(timeout=30))

@@ -6,28 +6,25 @@ import httpx
 import pytest
 
 from tests.otlp_receiver import wait_for
-from tests.procs import BIN, Proc, celery_worker, free_port
+from tests.procs import celery_worker, uvicorn_app
 
 
 @pytest.fixture(scope="module")
 def stack(redis_server, receiver):
     worker = celery_worker("tests.apps.tasks_app", redis_server.url, receiver.endpoint, "web-trace", name="web")
-    port = free_port()
-    web = Proc(
-        [str(BIN / "python"), "-m", "uvicorn", "tests.apps.web_app:app", "--port", str(port), "--host", "127.0.0.1"],
-        env={
-            "TEST_BROKER_URL": redis_server.url,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_SERVICE_NAME": "web",
-            "TEST_QUEUE": "web-trace",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-            "OTEL_METRIC_EXPORT_INTERVAL": "500",
-        },
-        name="uvicorn",
-    )
     try:
-        web.wait_for_line("Uvicorn running", timeout=60)
-        yield f"http://127.0.0.1:{port}"
+        web, base = uvicorn_app(
+            "tests.apps.web_app:app",
+            redis_server.url,
+            receiver.endpoint,
+            service="web",
+            env={"TEST_QUEUE": "web-trace", "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500"},
+        )
+    except BaseException:
+        worker.stop()
+        raise
+    try:
+        yield base
     finally:
         web.stop()
         worker.stop()
@@ -114,15 +111,6 @@ def test_unhandled_exception_marks_span_error_and_counts_a_500(stack, receiver):
     span = wait_for(lambda: _server_spans(receiver, trace_id), timeout=30)[0]
     assert span["name"] == "GET /boom"
     assert span["attributes"]["http.response.status_code"] == 500
-    req = [
-        r
-        for r in receiver.traces
-        for rs in r.resource_spans
-        for ss in rs.scope_spans
-        for s in ss.spans
-        if s.trace_id.hex() == trace_id
-    ][0]
-    assert req  # decoded above; status and the exception event:
     raw = [
         s
         for r in receiver.traces
@@ -131,6 +119,7 @@ def test_unhandled_exception_marks_span_error_and_counts_a_500(stack, receiver):
         for s in ss.spans
         if s.trace_id.hex() == trace_id
     ][0]
+    assert raw  # decoded above; status and the exception event:
     assert raw.status.code == 2  # ERROR
     assert [e.name for e in raw.events] == ["exception"]
 
@@ -148,21 +137,16 @@ def test_unhandled_exception_marks_span_error_and_counts_a_500(stack, receiver):
 
 
 def test_contrib_instrumentation_still_selectable(redis_server, receiver):
-    port = free_port()
-    web = Proc(
-        [str(BIN / "python"), "-m", "uvicorn", "tests.apps.web_app:app", "--port", str(port), "--host", "127.0.0.1"],
-        env={
-            "TEST_BROKER_URL": redis_server.url,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_SERVICE_NAME": "web-contrib",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-            "AGENSIUM_HTTP_INSTRUMENTATION": "contrib",
-        },
+    web, base = uvicorn_app(
+        "tests.apps.web_app:app",
+        redis_server.url,
+        receiver.endpoint,
+        service="web-contrib",
         name="uvicorn-contrib",
+        env={"OTEL_BSP_SCHEDULE_DELAY": "100", "AGENSIUM_HTTP_INSTRUMENTATION": "contrib"},
     )
     try:
-        web.wait_for_line("Uvicorn running", timeout=60)
-        assert httpx.get(f"http://127.0.0.1:{port}/items/7", timeout=10).status_code == 200
+        assert httpx.get(f"{base}/items/7", timeout=10).status_code == 200
         spans = wait_for(
             lambda: [s for s in _server_spans(receiver) if s["resource"]["service.name"] == "web-contrib"], timeout=30
         )
