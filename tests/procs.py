@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -56,6 +58,17 @@ class BlackHole:
 def refusing_endpoint() -> str:
     """A free port nobody listens on: every connection is refused."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+def run_json(
+    args: list[str], env: dict[str, str] | None = None, *, inherit: bool = True, timeout: float = 60.0
+) -> tuple[Any, str]:
+    """Run a short command from the repository root; it must exit 0. The JSON of its last stdout
+    line, and its stderr. ``inherit=False``: only ``env`` (and PYTHONPATH), not this environment."""
+    full_env = {**(os.environ if inherit else {}), "PYTHONPATH": str(ROOT), **(env or {})}
+    done = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
 
 class Proc:

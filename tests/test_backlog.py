@@ -32,7 +32,7 @@ from otel_agensium.celery.backlog import RedisBacklog, parse_eta
 from otel_agensium.celery.gauges import QueueGauges
 from otel_agensium.celery.queues import CeleryQueues
 from tests.otlp_receiver import wait_for
-from tests.procs import ROOT, RedisServer, celery_worker
+from tests.procs import ROOT, RedisServer, celery_worker, run_json
 
 APP = "tests.apps.tasks_app"
 SENT_AGO = 100.0
@@ -65,17 +65,8 @@ def _collect(reader: InMemoryMetricReader) -> dict[str, dict[str, float]]:
 
 
 def _monitor_once(broker_url: str, queues: list[str]) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TEST_BROKER_URL": broker_url}
-    result = subprocess.run(
-        [sys.executable, "-m", "otel_agensium.cli", "monitor", "-A", APP, "--once", "--queues", ",".join(queues)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    args = [sys.executable, "-m", "otel_agensium.cli", "monitor", "-A", APP, "--once", "--queues", ",".join(queues)]
+    return run_json(args, {"TEST_BROKER_URL": broker_url})[0]
 
 
 def _doctor_eta(broker_url: str) -> dict:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from otel_agensium.celery.beat import BEAT_FIELD
 from otel_agensium.doctor.beat import beat_verdict
 from tests.otlp_receiver import wait_for
-from tests.procs import BIN, ROOT, Proc, free_port
+from tests.procs import BIN, ROOT, Proc, free_port, run_json
 
 APP = "tests.apps.beat_app"
 ENTRY = "every-second"
@@ -194,17 +194,7 @@ print(json.dumps({"sends": state.sends, "errors": state.errors, "last_sent": sta
 
 def test_a_scheduler_driven_by_the_app_itself(redis_server):
     queue = f"beat-custom-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-c", CUSTOM_SCHEDULER, redis_server.url, queue],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures, _ = run_json([sys.executable, "-c", CUSTOM_SCHEDULER, redis_server.url, queue])
     client = redis.Redis.from_url(redis_server.url)
     headers = _messages(client, queue)
     assert figures["sends"] == len(headers) >= 4 and figures["errors"] == 0

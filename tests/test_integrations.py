@@ -4,14 +4,12 @@ the URL-exclusion helper the web integration reads) of a real ``configure()`` in
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 
 import pytest
 
 from otel_agensium.integration import Integration, IntegrationError, installed
-from tests.procs import ROOT
+from tests.procs import run_json
 
 # Runs in a fresh interpreter: configure() and the patches it makes are process-wide.
 _SCRIPT = r"""
@@ -53,17 +51,8 @@ print(json.dumps({"before": before, "after": state(), "enabled": handle.enabled,
 
 
 def _configure_with_failure(where: str, tmp_path) -> tuple[dict, str]:
-    env_path = str(ROOT)
-    proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, where, str(tmp_path / "app.log")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+    args = [sys.executable, "-c", _SCRIPT, where, str(tmp_path / "app.log")]
+    return run_json(args, {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, inherit=False)
 
 
 @pytest.mark.parametrize("where", ["celery", "web"])

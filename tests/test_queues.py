@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -26,7 +24,7 @@ from otel_agensium.celery.gauges import QueueGauges
 from otel_agensium.celery.metrics import ACTIVE_WORKERS, QUEUE_LENGTH
 from otel_agensium.celery.queues import CeleryQueues, redis_keys
 from tests.otlp_receiver import wait_for
-from tests.procs import ROOT, Proc, RedisServer, celery_worker, free_port, monitor_args
+from tests.procs import Proc, RedisServer, celery_worker, free_port, monitor_args, run_json
 
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672//"
 # (priority, messages) per queue; kombu's default steps are 0, 3, 6, 9: 5 -> 3, 7 -> 6.
@@ -269,16 +267,7 @@ def test_active_workers_drop_within_60s_of_sigkill(redis_server, receiver):
     try:
         worker_b = celery_worker("tests.apps.tasks_app", redis_server.url, receiver.endpoint, qb, name=f"wb{tag}")
         # one-shot read: both workers, each on its queue
-        once = subprocess.run(
-            _monitor(f"{qa},{qb}", "--once"),
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert once.returncode == 0, once.stderr
-        report = json.loads(once.stdout.strip().splitlines()[-1])
+        report, _ = run_json(_monitor(f"{qa},{qb}", "--once"), env)
         assert report["active_workers"][qa] == 1 and report["active_workers"][qb] == 1, report
         assert report["queue_length"][qa] == 0, report
 
