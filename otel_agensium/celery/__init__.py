@@ -45,7 +45,7 @@ from ..integration import Integration
 from ..shutdown import worker_stopping
 from .metrics import ProcessMetrics, TaskMetrics
 from .tracing import MAX_ARGS_REPR, TASK_ID_ATTRIBUTE, TASK_NAME_ATTRIBUTE, LeanCeleryTracing
-from .utils import SENT_AT_HEADER, BoundedLabels, queue_of
+from .utils import SENT_AT_HEADER, BoundedLabels, queue_of, request_header
 
 _NOT_STARTED: tuple[None, None] = (None, None)  # a task_postrun without its task_prerun
 
@@ -142,7 +142,7 @@ class CeleryIntegration(Integration):
                 request = task.request
                 attrs = self.labels.attributes(task.name, queue_of(request.delivery_info))
                 self._started[task_id] = (started, attrs)
-                sent_at = getattr(request, SENT_AT_HEADER, None)
+                sent_at = request_header(request, SENT_AT_HEADER)
                 if isinstance(sent_at, (int, float)):
                     self.metrics.queue_wait.record(max(0.0, time.time() - sent_at), attrs)
             if self._annotate:

@@ -42,6 +42,7 @@ from opentelemetry.trace import SpanContext, TraceFlags
 
 from ..errors import guarded, report
 from ..integration import Integration, connect
+from .utils import request_header
 
 CHORD_HEADER = "agensium_chord_group"
 CHORD_KEY = "agensium:chord:{group}"
@@ -109,7 +110,7 @@ class CanvasIntegration(Integration):
                     span.set_attribute(key, value)
             if group and getattr(request, "chord", None):
                 self._store_member(task.app, group, task_id, task.name, span.get_span_context())
-            chord_group = getattr(request, CHORD_HEADER, None)
+            chord_group = request_header(request, CHORD_HEADER)
             if isinstance(chord_group, str) and chord_group:
                 span.set_attribute(CHORD_GROUP_ID, chord_group)
                 self._link_members(task.app, chord_group, span)
