@@ -41,7 +41,7 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ..errors import guarded, report
+from ..errors import guarded
 from .utils import queue_of
 
 TASK_ID_ATTRIBUTE = "celery.task_id"
@@ -182,27 +182,21 @@ class LeanCeleryTracing:
         _end(self._publishing, task_id_of(headers, body))
 
     # -- run -------------------------------------------------------------------------------
-    # _on_prerun and _on_postrun run on every task: the try/except is written out instead of
-    # ``@guarded`` (same reporting, one Python call less each).
+    @guarded
     def _on_prerun(
         self, task_id: str | None = None, task: Any = None, args: Any = None, kwargs: Any = None, **_: Any
     ) -> None:
-        try:
-            if task_id is None or task is None:
-                return
-            request = task.request
-            parent = parent_context(request)
-            attrs = run_attributes(task_id, task, request)
-            if self.record_task_args:
-                attrs["celery.args"] = repr(args)[:MAX_ARGS_REPR]
-                attrs["celery.kwargs"] = repr(kwargs)[:MAX_ARGS_REPR]
-            span = self.tracer.start_span(
-                RUN_PREFIX + task.name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs
-            )
-            token = context.attach(trace.set_span_in_context(span, parent))
-            self._running[task_id] = (span, token)
-        except Exception:  # noqa: BLE001 - the host's work comes first
-            report("LeanCeleryTracing._on_prerun")
+        if task_id is None or task is None:
+            return
+        request = task.request
+        parent = parent_context(request)
+        attrs = run_attributes(task_id, task, request)
+        if self.record_task_args:
+            attrs["celery.args"] = repr(args)[:MAX_ARGS_REPR]
+            attrs["celery.kwargs"] = repr(kwargs)[:MAX_ARGS_REPR]
+        span = self.tracer.start_span(RUN_PREFIX + task.name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs)
+        token = context.attach(trace.set_span_in_context(span, parent))
+        self._running[task_id] = (span, token)
 
     @guarded
     def _on_failure(
@@ -225,8 +219,6 @@ class LeanCeleryTracing:
         if entry is not None and reason:
             entry[0].set_attribute(RETRY_REASON_ATTRIBUTE, str(reason))
 
+    @guarded
     def _on_postrun(self, task_id: str | None = None, **_: Any) -> None:
-        try:
-            _end(self._running, task_id)
-        except Exception:  # noqa: BLE001 - the host's work comes first
-            report("LeanCeleryTracing._on_postrun")
+        _end(self._running, task_id)

@@ -25,16 +25,6 @@ def queue_of(delivery_info: Mapping[str, Any] | None) -> str:
     return str(queue) if queue else UNKNOWN_QUEUE
 
 
-def request_header(request: Any, name: str) -> Any:
-    """A message header Celery copied onto ``task.request`` (its Context), or None.
-
-    The Context keeps the headers in its ``__dict__``: a dict look-up there costs less than a
-    ``getattr`` that fails (and builds an AttributeError) for every task without the header.
-    """
-    fields = getattr(request, "__dict__", None)
-    return fields.get(name) if fields is not None else getattr(request, name, None)
-
-
 def _registered(name: str) -> bool:
     """Whether the current Celery app (the worker's) has a task of that name.
 
