@@ -74,6 +74,7 @@ class CeleryIntegration(Integration):
         self._annotate = False  # contrib's run span gets the task id/name from our prerun
         self.want_process_metrics = process_metrics
         self.process_metrics: ProcessMetrics | None = None
+        self._tracing: LeanCeleryTracing | None = None  # the lean run/publish spans (bench/parts.py times them)
 
     # -- install / uninstall -------------------------------------------------------
     def setup(self) -> None:
@@ -100,6 +101,7 @@ class CeleryIntegration(Integration):
         elif self.tracer_provider is not None:
             tracing = LeanCeleryTracing(self.tracer_provider, record_task_args=self.record_task_args)
             tracing.install()
+            self._tracing = tracing
             self.on_uninstall(tracing.uninstall, "LeanCeleryTracing.uninstall")
         self._connect(signals.task_prerun, self._on_prerun)  # after the tracer's
 
