@@ -5,13 +5,14 @@ Runs the real code paths of a solo worker's task with otel-agensium configured a
 100 % sampling), but calls the signal handlers directly so that each part can be timed
 alone, with no broker round trip in the way:
 
-  run span        LeanCeleryTracing prerun + postrun: extract the publisher's context,
-                  start the CONSUMER span with its attributes, attach, end, detach
-                  (minus Celery's own push_request/pop_request around them)
+  run span        LeanCeleryTracing.start_run + end_run (what CeleryIntegration.run does
+                  around Celery's tracer): extract the publisher's context, start the
+                  CONSUMER span with its attributes, attach, end, detach
   Redis span      one traced INCR minus one untraced INCR (real redis-server): the
                   redis_traffic filter and the contrib Redis instrumentor's span
-  metrics         received + queue wait + succeeded + duration (the CeleryIntegration's
-                  metric handlers, tracing off; minus push_request/pop_request)
+  metrics         received + queue wait + succeeded + duration (task_received's handler and
+                  CeleryIntegration.run with tracing off, around a tracer that does
+                  nothing; minus calling that tracer alone)
   export          force_flush of the spans of a round: fast encoding + OTLP/HTTP POST to
                   the sink, per task (2 spans); this is the export thread's work
   encoding        of which encoding alone (fastencode), per task
@@ -117,24 +118,28 @@ def run_parts(broker: str, endpoint: str, rounds: int, tasks: int) -> dict[str, 
         propagate.inject(carrier, context=trace.set_span_in_context(NonRecordingSpan(parent)))
         return carrier
 
+    def request(task_id: str, **extra: object) -> dict:  # what Celery's tracer receives
+        return {"id": task_id, "task": incr.name, "delivery_info": delivery, "root_id": task_id, **extra}
+
     def run_span(n: int) -> float:
-        ids = [str(uuid.uuid4()) for _ in range(n)]
         carrier = headers()
+        requests = [request(str(uuid.uuid4()), **carrier) for _ in range(n)]
         t0 = time.process_time()
-        for task_id in ids:
-            incr.push_request(id=task_id, delivery_info=delivery, **carrier)
-            tracing._on_prerun(task_id=task_id, task=incr, args=(), kwargs={})
-            tracing._on_postrun(task_id=task_id, task=incr, state="SUCCESS")
-            incr.pop_request()
+        for req in requests:
+            tracing.start_run(req["id"], incr.name, req, (), {})
+            tracing.end_run(req["id"])
         return time.process_time() - t0
 
-    def requests_only(n: int) -> float:  # what Celery does around the handlers: subtracted from both
-        ids = [str(uuid.uuid4()) for _ in range(n)]
-        carrier = headers()
+    done = (None, None, 0.0, "None")  # what Celery's tracer returns for a success: (R, I, T, Rstr)
+
+    def tracer(task_id: str, args: object, kwargs: object, req: object) -> tuple:
+        return done
+
+    def tracer_only(n: int) -> float:  # subtracted from metrics
+        requests = [request(str(uuid.uuid4()), agensium_sent_at=time.time()) for _ in range(n)]
         t0 = time.process_time()
-        for task_id in ids:
-            incr.push_request(id=task_id, delivery_info=delivery, agensium_sent_at=time.time(), **carrier)
-            incr.pop_request()
+        for req in requests:
+            tracer(req["id"], (), {}, req)
         return time.process_time() - t0
 
     def redis_traced(n: int) -> float:
@@ -152,15 +157,12 @@ def run_parts(broker: str, endpoint: str, rounds: int, tasks: int) -> dict[str, 
         return time.process_time() - t0
 
     def metrics(n: int) -> float:
-        ids = [str(uuid.uuid4()) for _ in range(n)]
-        request = Request()
+        requests = [request(str(uuid.uuid4()), agensium_sent_at=time.time()) for _ in range(n)]
+        received = Request()
         t0 = time.process_time()
-        for task_id in ids:
-            metrics_only._on_received(request=request)
-            incr.push_request(id=task_id, delivery_info=delivery, agensium_sent_at=time.time())
-            metrics_only._on_prerun(task_id=task_id, task=incr, args=(), kwargs={})
-            metrics_only._on_postrun(task_id=task_id, task=incr, state="SUCCESS")
-            incr.pop_request()
+        for req in requests:
+            metrics_only._on_received(request=received)
+            metrics_only.run(tracer, incr, req["id"], (), {}, req)
         return time.process_time() - t0
 
     def log_line(n: int) -> float:
@@ -195,9 +197,9 @@ def run_parts(broker: str, endpoint: str, rounds: int, tasks: int) -> dict[str, 
         return (time.process_time() - t0) * (2 * n) / max(1, len(batch))
 
     parts = {
-        "run span": (run_span, requests_only),
+        "run span": run_span,
         "Redis span": (redis_traced, redis_untraced),
-        "metrics": (metrics, requests_only),
+        "metrics": (metrics, tracer_only),
         "export (encode + POST)": export,
         "of which encoding": encoding,
         "one log line (JSON + OTLP)": log_line,

@@ -244,7 +244,8 @@ def _install_celery_extras(handle: Handle) -> None:
     if handle.tracer_provider is not None:
         from .celery.canvas import CanvasIntegration
 
-        _add(handle, CanvasIntegration())  # after the tracing instrumentation: its run span is current
+        celery = next((i for i in handle.integrations if i.name == "celery"), None)
+        _add(handle, CanvasIntegration(celery))  # after the tracing instrumentation: its run span is current
     if settings.worker_probe_port:
         from .celery.worker_probe import ProbeIntegration
 

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from .exporters import metric_exporter, span_exporter
+from .histograms import BridgedReader, install_bridge
 from .settings import Settings
 from .version import __version__
 
@@ -70,15 +71,17 @@ def build_tracer_provider(settings: Settings, resource: Resource) -> TracerProvi
     return provider
 
 
+class _OTLPReader(BridgedReader, PeriodicExportingMetricReader):
+    """The periodic OTLP reader, with the in-process duration histograms merged in (histograms.py)."""
+
+
 def build_meter_provider(settings: Settings, resource: Resource, extra_readers: list[MetricReader]) -> MeterProvider:
     readers = list(extra_readers)
     if settings.otlp:
-        readers.append(
-            PeriodicExportingMetricReader(
-                metric_exporter(settings), export_interval_millis=settings.metric_export_interval
-            )
-        )
-    return MeterProvider(resource=resource, metric_readers=readers)
+        readers.append(_OTLPReader(metric_exporter(settings), export_interval_millis=settings.metric_export_interval))
+    provider = MeterProvider(resource=resource, metric_readers=readers)
+    install_bridge(provider, resource, readers)
+    return provider
 
 
 def prometheus_reader(settings: Settings) -> MetricReader | None:
@@ -88,7 +91,7 @@ def prometheus_reader(settings: Settings) -> MetricReader | None:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import REGISTRY, start_http_server
 
-    class _PullReader(PrometheusMetricReader):
+    class _PullReader(BridgedReader, PrometheusMetricReader):
         # A pull reader has nothing to flush; collecting here would queue a second
         # copy of every series for the next scrape, which Prometheus rejects.
         def force_flush(self, timeout_millis: float = 10_000) -> bool:

@@ -239,16 +239,20 @@ class FastAPIIntegration(Integration):
             return
         from opentelemetry.util.http import get_excluded_urls
 
+        from .histograms import create_histogram
         from .version import __version__
 
         if self.tracer_provider is not None:
             self._tracer = self.tracer_provider.get_tracer("otel_agensium.web", __version__)
         if self.meter_provider is not None:
-            self._duration = self.meter_provider.get_meter("otel_agensium.web", __version__).create_histogram(
+            self._duration = create_histogram(
+                self.meter_provider,
+                self.meter_provider.get_meter("otel_agensium.web", __version__),
+                ("otel_agensium.web", __version__),
                 "http.server.request.duration",
-                unit="s",
-                description="Duration of HTTP server requests.",
-                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+                "s",
+                "Duration of HTTP server requests.",
+                DURATION_BUCKETS,
             )
         self._excluded = get_excluded_urls("FASTAPI")
         wrapt.wrap_function_wrapper("fastapi", "FastAPI.build_middleware_stack", self._wrap_stack)

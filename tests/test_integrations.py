@@ -16,6 +16,7 @@ _SCRIPT = r"""
 import json, logging, sys
 import fastapi, redis, redis.client
 import opentelemetry.util.http
+import celery.app.trace, celery.worker.consumer.consumer
 from celery import signals
 from otel_agensium.celery.tracing import LeanCeleryTracing
 
@@ -28,6 +29,7 @@ def state():
         "redis_wrapped": hasattr(redis.Redis.execute_command, "__wrapped__"),
         "pipeline_wrapped": hasattr(redis.client.Pipeline.execute, "__wrapped__"),
         "fastapi_wrapped": hasattr(fastapi.FastAPI.build_middleware_stack, "__wrapped__"),
+        "run_hooked": [m.build_tracer.__module__ for m in (celery.app.trace, celery.worker.consumer.consumer)],
     }
 
 def boom(*args, **kwargs):
@@ -78,7 +80,12 @@ def test_without_a_failure_the_same_script_installs_everything(tmp_path):
         "web",
     ]  # worker probes only with AGENSIUM_WORKER_PROBE_PORT
     after, before = report["after"], report["before"]
-    assert after["receivers"]["task_prerun"] == before["receivers"]["task_prerun"] + 3  # ours, the tracer's, canvas's
+    # Lean tracing and the task metrics run around Celery's tracer (run_hook), not on task_prerun/postrun.
+    assert after["receivers"]["task_prerun"] == before["receivers"]["task_prerun"]
+    assert after["receivers"]["task_postrun"] == before["receivers"]["task_postrun"]
+    assert before["run_hooked"] == ["celery.app.trace"] * 2
+    assert after["run_hooked"] == ["otel_agensium.celery.run_hook"] * 2
+    assert after["receivers"]["task_received"] == before["receivers"]["task_received"] + 1
     assert after["redis_wrapped"] and after["pipeline_wrapped"] and after["fastapi_wrapped"]
     assert after["root_handlers"] == [*before["root_handlers"], "RotatingFileHandler"]
 

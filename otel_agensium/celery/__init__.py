@@ -1,31 +1,35 @@
-"""Celery integration: the task metrics from Celery's signals, plus the contrib tracer.
+"""Celery integration: the task metrics, around each run and from Celery's signals.
 
 Where each metric moves:
 
 * ``celery_tasks_received_total``: ``task_received``, in the worker's main process,
   when it accepts a delivery from the broker;
 * ``celery_tasks_succeeded_total`` / ``_failed_total`` / ``_retried_total`` and
-  ``celery_task_duration_seconds``: ``task_postrun``, by the state Celery reports, in
-  the process that ran the task (a prefork child);
+  ``celery_task_duration_seconds``: at the end of the run, by the state Celery's tracer
+  returns, in the process that ran the task (a prefork child): :meth:`CeleryIntegration.run`,
+  which :mod:`.run_hook` wraps around Celery's own tracer (one call per task instead of
+  dispatching ``task_prerun`` and ``task_postrun``); with the contrib instrumentor
+  (``AGENSIUM_CELERY_INSTRUMENTATION=contrib``) at ``task_postrun`` instead;
 * ``celery_tasks_revoked_total``: ``task_revoked``;
 * ``celery_tasks_rejected_total``: ``task_unknown`` (unregistered names) and ``task_rejected``;
 * ``celery_task_exceptions_total`` and ``celery_task_time_limit_hits_total``: ``task_failure``.
-  When a prefork child dies mid-task (SIGKILL, hard time limit, out of memory) no
-  ``task_postrun`` runs; the main process sends ``task_failure`` with
+  When a prefork child dies mid-task (SIGKILL, hard time limit, out of memory) its run
+  never ends; the main process sends ``task_failure`` with
   ``WorkerLostError``/``TimeLimitExceeded`` and that is where the failure is counted;
-* ``celery_task_queue_wait_seconds``: ``task_prerun``, from the publish time a
-  publisher running otel-agensium put in the message headers;
+* ``celery_task_queue_wait_seconds``: at the start of the run (``task_prerun`` with
+  contrib), from the publish time a publisher running otel-agensium put in the message headers;
 * ``celery_worker_process_resident_memory_bytes``, ``celery_worker_process_cpu_seconds_total``
   and ``celery_worker_process_memory_limit_bytes``: observable instruments registered at
   ``worker_init`` (worker processes only, ``AGENSIUM_PROCESS_METRICS``), read by each
   process at collection time (:class:`~otel_agensium.celery.metrics.ProcessMetrics`).
 
 Spans come from :mod:`otel_agensium.celery.tracing` (``AGENSIUM_CELERY_INSTRUMENTATION=lean``,
-the default: one publish and one run span, attributes set at start) or from the contrib
-``CeleryInstrumentor`` (``contrib``). Either way our ``task_postrun`` handler is connected
-before the tracer's so the run span is still current when the duration is recorded (the
-histogram's exemplar then points at the task's trace), and our ``task_prerun`` handler
-after it, so the span exists (with contrib, it adds ``celery.task_id``/``celery.task_name``).
+the default: one publish and one run span, attributes set at start; the run span is started
+and ended in :meth:`CeleryIntegration.run`, and the duration recorded while it is still
+current, so the histogram's exemplar points at the task's trace) or from the contrib
+``CeleryInstrumentor`` (``contrib``): then our ``task_postrun`` handler is connected before
+the tracer's, for the same reason, and our ``task_prerun`` handler after it, so the span
+exists (it adds ``celery.task_id``/``celery.task_name``).
 """
 
 from __future__ import annotations
@@ -40,9 +44,10 @@ from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.trace import TracerProvider
 
-from ..errors import guarded
+from ..errors import guarded, report
 from ..integration import Integration
 from ..shutdown import worker_stopping
+from . import run_hook
 from .metrics import ProcessMetrics, TaskMetrics
 from .tracing import MAX_ARGS_REPR, TASK_ID_ATTRIBUTE, TASK_NAME_ATTRIBUTE, LeanCeleryTracing
 from .utils import SENT_AT_HEADER, BoundedLabels, queue_of
@@ -75,13 +80,17 @@ class CeleryIntegration(Integration):
         self.want_process_metrics = process_metrics
         self.process_metrics: ProcessMetrics | None = None
         self._tracing: LeanCeleryTracing | None = None  # the lean run/publish spans (bench/parts.py times them)
+        # Called with (task, task_id, request dict, run span) once the run span is current (canvas.py).
+        self.on_run_started: Callable[[Any, Any, dict, Any], Any] | None = None
 
     # -- install / uninstall -------------------------------------------------------
     def setup(self) -> None:
         self.on_uninstall(self._stop_process_metrics)
         self._connect(signals.before_task_publish, self._on_before_publish)
         self._connect(signals.task_received, self._on_received)
-        self._connect(signals.task_postrun, self._on_postrun)  # before the instrumentor's
+        contrib = self.tracer_provider is not None and self.instrumentation == "contrib"
+        if contrib:
+            self._connect(signals.task_postrun, self._on_postrun)  # before the instrumentor's
         self._connect(signals.task_revoked, self._on_revoked)
         self._connect(signals.task_unknown, self._on_unknown)
         self._connect(signals.task_rejected, self._on_rejected)
@@ -90,7 +99,7 @@ class CeleryIntegration(Integration):
         self._connect(signals.worker_process_shutdown, self._on_process_shutdown)
         self._connect(signals.worker_shutdown, self._on_process_shutdown)
         self._connect(signals.worker_shutting_down, self._on_shutting_down)
-        if self.tracer_provider is not None and self.instrumentation == "contrib":
+        if contrib:
             from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
             instrumentor = CeleryInstrumentor()
@@ -103,7 +112,11 @@ class CeleryIntegration(Integration):
             tracing.install()
             self._tracing = tracing
             self.on_uninstall(tracing.uninstall, "LeanCeleryTracing.uninstall")
-        self._connect(signals.task_prerun, self._on_prerun)  # after the tracer's
+        if contrib:
+            self._connect(signals.task_prerun, self._on_prerun)  # after the tracer's
+        else:
+            run_hook.install(self.run)
+            self.on_uninstall(run_hook.uninstall, "run_hook.uninstall")
 
     def _stop_process_metrics(self) -> None:
         if self.process_metrics is not None:
@@ -112,6 +125,61 @@ class CeleryIntegration(Integration):
     def _connect(self, signal: Any, handler: Callable[..., Any]) -> None:
         signal.connect(handler, weak=False)
         self.on_uninstall(lambda: signal.disconnect(handler), f"{signal.name}.disconnect")
+
+    # -- around each run (run_hook; lean tracing or no tracing) --------------------------
+    def run(self, inner: Callable[..., Any], task: Any, task_id: Any, args: Any, kwargs: Any, request: Any) -> Any:
+        """Run span and task metrics around Celery's own tracer ``inner`` (see :mod:`.run_hook`).
+
+        Celery's exceptions pass through untouched; a failure of our own parts is reported
+        (:func:`~otel_agensium.errors.report`) and the task runs on without them.
+        """
+        tracing, metrics = self._tracing, self.metrics
+        req = request if isinstance(request, dict) else {}
+        span = attrs = None
+        if tracing is not None:
+            try:
+                span = tracing.start_run(task_id, task.name, req, args, kwargs)
+                if self.on_run_started is not None:
+                    self.on_run_started(task, task_id, req, span)
+            except Exception:  # noqa: BLE001 - the task runs, without its run span
+                if span is not None:
+                    tracing.end_run(task_id)
+                    span = None
+                report("CeleryIntegration.run.span")
+        if metrics is not None:
+            try:
+                attrs = self.labels.attributes(task.name, queue_of(req.get("delivery_info")))
+                sent_at = req.get(SENT_AT_HEADER)
+                if sent_at.__class__ in (float, int):
+                    metrics.queue_wait.record(max(0.0, time.time() - sent_at), attrs)
+            except Exception:  # noqa: BLE001 - the task runs, uncounted
+                attrs = None
+                report("CeleryIntegration.run.metrics")
+        started = time.perf_counter()
+        try:
+            result = inner(task_id, args, kwargs, request)
+        except BaseException:
+            if span is not None:
+                tracing.end_run(task_id)  # type: ignore[union-attr]
+            raise
+        try:
+            if attrs is not None:
+                state = run_hook.outcome(result)
+                if state == "SUCCESS":
+                    metrics.succeeded.add(1, attrs)  # type: ignore[union-attr]
+                elif state == "FAILURE":
+                    metrics.failed.add(1, attrs)  # type: ignore[union-attr]
+                elif state == "RETRY":
+                    metrics.retried.add(1, attrs)  # type: ignore[union-attr]
+                if state == "SUCCESS" or state == "FAILURE":
+                    # While the run span is still current: the histogram's exemplar points at it.
+                    metrics.duration.record(time.perf_counter() - started, attrs)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - counted; the task's outcome stands
+            report("CeleryIntegration.run.metrics")
+        finally:
+            if span is not None:
+                tracing.end_run(task_id)  # type: ignore[union-attr]
+        return result
 
     # -- signal handlers -------------------------------------------------------------
     @guarded

@@ -67,15 +67,24 @@ class CanvasIntegration(Integration):
 
     name = "celery-canvas"
 
-    def __init__(self) -> None:
+    def __init__(self, celery: Any = None) -> None:
+        """``celery``: the installed CeleryIntegration; with its lean tracing, chords are handled in its run."""
         super().__init__()
         self._clients: dict[int, Any] = {}
+        self._celery = celery
 
     def setup(self) -> None:
         from celery import signals
 
-        # Connected after the tracing instrumentation's task_prerun: its run span is current here.
-        connect(self, signals.task_prerun, self._on_prerun)
+        celery = self._celery
+        if celery is not None and getattr(celery, "_tracing", None) is not None:
+            # Lean tracing puts the workflow ids on the run span itself (tracing.py); the
+            # chord bookkeeping runs from CeleryIntegration.run once the span is current.
+            celery.on_run_started = self._on_run_started
+            self.on_uninstall(lambda: setattr(celery, "on_run_started", None), "celery.on_run_started = None")
+        else:
+            # Connected after the tracing instrumentation's task_prerun: its run span is current here.
+            connect(self, signals.task_prerun, self._on_prerun)
         connect(self, signals.before_task_publish, self._on_before_publish)
 
     # -- Redis ---------------------------------------------------------------------------
@@ -106,9 +115,18 @@ class CanvasIntegration(Integration):
         ):
             if isinstance(value, str) and value:
                 span.set_attribute(key, value)
-        if group and getattr(request, "chord", None):
+        self._chord(task, task_id, group, getattr(request, "chord", None), getattr(request, CHORD_HEADER, None), span)
+
+    @guarded
+    def _on_run_started(self, task: Any, task_id: Any, request: dict, span: Any) -> None:
+        """The chord part of :meth:`_on_prerun`, from the request dict (lean tracing; ids are set already)."""
+        if span.is_recording():
+            self._chord(task, task_id, request.get("group"), request.get("chord"), request.get(CHORD_HEADER), span)
+
+    def _chord(self, task: Any, task_id: str, group: Any, chord: Any, chord_group: Any, span: Any) -> None:
+        """A chord header task stores its span context; a chord callback links to its header tasks'."""
+        if group and chord:
             self._store_member(task.app, group, task_id, task.name, span.get_span_context())
-        chord_group = getattr(request, CHORD_HEADER, None)
         if isinstance(chord_group, str) and chord_group:
             span.set_attribute(CHORD_GROUP_ID, chord_group)
             self._link_members(task.app, chord_group, span)

@@ -124,13 +124,17 @@ class TaskMetrics:
     rejected: Counter
     exceptions: Counter
     time_limit_hits: Counter
-    duration: Histogram
+    duration: Histogram  # or a histograms.FastHistogram: the same record()
     queue_wait: Histogram
     meter: Meter
 
     @classmethod
     def create(cls, provider: MeterProvider) -> TaskMetrics:
+        from ..histograms import create_histogram
+        from ..version import __version__
+
         meter = celery_meter(provider)
+        scope = (METER_NAME, __version__)
         return cls(
             received=_tally(meter, RECEIVED, "Tasks a worker accepted from the broker."),
             succeeded=_tally(meter, SUCCEEDED, "Tasks that returned."),
@@ -146,17 +150,17 @@ class TaskMetrics:
             time_limit_hits=meter.create_counter(
                 TIME_LIMIT_HITS, description="Soft and hard time limits hit (task_name, queue, limit)."
             ),
-            duration=meter.create_histogram(
-                DURATION,
-                unit="s",
-                description="Run time of tasks that succeeded or failed.",
-                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            duration=create_histogram(
+                provider, meter, scope, DURATION, "s", "Run time of tasks that succeeded or failed.", DURATION_BUCKETS
             ),
-            queue_wait=meter.create_histogram(
+            queue_wait=create_histogram(
+                provider,
+                meter,
+                scope,
                 QUEUE_WAIT,
-                unit="s",
-                description="Time from publish to the start of the run.",
-                explicit_bucket_boundaries_advisory=QUEUE_WAIT_BUCKETS,
+                "s",
+                "Time from publish to the start of the run.",
+                QUEUE_WAIT_BUCKETS,
             ),
             meter=meter,
         )

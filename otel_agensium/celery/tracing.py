@@ -7,9 +7,10 @@ publisher on one and a worker on the other join one trace:
 * publish (``before_task_publish`` .. ``after_task_publish``): a span named
   ``apply_async/{task name}``, current while the message is sent, whose context the
   global propagator (W3C ``traceparent``/``tracestate``, and baggage, by default) writes
-  into the message headers. Celery copies message headers onto ``task.request``, which is
-  where the worker reads them back;
-* run (``task_prerun`` .. ``task_postrun``): a span named ``run/{task name}``, child of the
+  into the message headers. The worker reads them back from the request dict Celery's
+  tracer receives (the message headers; ``task.request`` is built from it);
+* run (around Celery's tracer, from ``CeleryIntegration.run``: see ``run_hook``): a span
+  named ``run/{task name}``, child of the
   publisher's span (of the current span when the message carried none, as for an eager
   task), current while the task runs, so the task's Redis calls and log lines hang under it;
 * failure (``task_failure``): the exception recorded as an event and the status set to
@@ -23,8 +24,10 @@ messaging semantic conventions worth their cost: ``messaging.system`` (``celery`
 (``apply_async`` / ``run``, the names contrib gives its spans), and
 ``messaging.destination.name`` (the routing key: the queue with Celery's default direct
 routing). ``messaging.message.id`` is left out: it would repeat ``celery.task_id``.
-``celery.retries`` is added on a re-run. Contrib adds about ten more (the message's
-whole delivery info, serializer, hostname, ...) in two passes, after the run.
+``celery.retries`` is added on a re-run, and Celery's workflow ids ``celery.group_id``,
+``celery.parent_id``, ``celery.root_id`` when the request has them (see ``canvas``).
+Contrib adds about ten more (the message's whole delivery info, serializer, hostname, ...)
+in two passes, after the run.
 
 Spans in flight are kept per task id in two dicts (publish, run): a task that retries
 publishes its next attempt under its own id while its run span is still open. The
@@ -53,14 +56,12 @@ RUN_PREFIX = "run/"
 _EMPTY = context.Context()
 
 
-class _RequestGetter(Getter[Any]):
-    """Reads propagation fields from ``task.request``, where Celery puts the message headers."""
+class _DictGetter(Getter[Any]):
+    """Reads propagation fields from the request dict Celery's tracer receives (the message headers)."""
 
     @staticmethod
     def get(carrier: Any, key: str) -> list[str] | None:
-        # Celery's Context keeps the headers in its __dict__: a dict look-up, not a failing getattr.
-        fields = getattr(carrier, "__dict__", None)
-        value = fields.get(key) if fields is not None else getattr(carrier, key, None)
+        value = carrier.get(key)
         if value is None:
             return None
         if isinstance(value, str):
@@ -74,25 +75,28 @@ class _RequestGetter(Getter[Any]):
         return []
 
 
-_GETTER = _RequestGetter()
+_DICT_GETTER = _DictGetter()
 
 
-def parent_context(request: Any) -> context.Context | None:
-    """The context the publisher put in the message, or None when it put none."""
-    extracted = propagate.extract(request, getter=_GETTER, context=_EMPTY)
-    return extracted if extracted else None
+# Celery's workflow ids, on every run span that has them (what Tempo searches a workflow by).
+WORKFLOW_ATTRIBUTES = (("group", "celery.group_id"), ("parent_id", "celery.parent_id"), ("root_id", "celery.root_id"))
 
 
-def run_attributes(task_id: str, task: Any, request: Any) -> dict[str, Any]:
+def request_run_attributes(task_id: str, name: str, request: Any) -> dict[str, Any]:
+    """The run span's attributes from the request dict Celery's tracer receives (see run_hook)."""
     attrs: dict[str, Any] = {
         TASK_ID_ATTRIBUTE: task_id,
-        TASK_NAME_ATTRIBUTE: task.name,
+        TASK_NAME_ATTRIBUTE: name,
         "messaging.system": "celery",
         "messaging.operation.type": "process",
         "messaging.operation.name": "run",
-        "messaging.destination.name": queue_of(getattr(request, "delivery_info", None)),
+        "messaging.destination.name": queue_of(request.get("delivery_info")),
     }
-    retries = getattr(request, "retries", 0)
+    for key, attribute in WORKFLOW_ATTRIBUTES:
+        value = request.get(key)
+        if value and isinstance(value, str):
+            attrs[attribute] = value
+    retries = request.get("retries")
     if retries:
         attrs["celery.retries"] = retries
     return attrs
@@ -146,10 +150,8 @@ class LeanCeleryTracing:
         for signal, handler in (
             (signals.before_task_publish, self._on_before_publish),
             (signals.after_task_publish, self._on_after_publish),
-            (signals.task_prerun, self._on_prerun),
             (signals.task_failure, self._on_failure),
             (signals.task_retry, self._on_retry),
-            (signals.task_postrun, self._on_postrun),
         ):
             signal.connect(handler, weak=False)
             self._connected.append((signal, handler))
@@ -181,22 +183,21 @@ class LeanCeleryTracing:
     def _on_after_publish(self, headers: dict | None = None, body: Any = None, **_: Any) -> None:
         _end(self._publishing, task_id_of(headers, body))
 
-    # -- run -------------------------------------------------------------------------------
-    @guarded
-    def _on_prerun(
-        self, task_id: str | None = None, task: Any = None, args: Any = None, kwargs: Any = None, **_: Any
-    ) -> None:
-        if task_id is None or task is None:
-            return
-        request = task.request
-        parent = parent_context(request)
-        attrs = run_attributes(task_id, task, request)
+    # -- run (called by CeleryIntegration.run, around Celery's tracer: see run_hook) ---------
+    def start_run(self, task_id: str, name: str, request: Any, args: Any, kwargs: Any) -> Any:
+        """Start the run span, make it current, keep it under ``task_id``; returns the span."""
+        extracted = propagate.extract(request, getter=_DICT_GETTER, context=_EMPTY)
+        parent = extracted if extracted else None
+        attrs = request_run_attributes(task_id, name, request)
         if self.record_task_args:
             attrs["celery.args"] = repr(args)[:MAX_ARGS_REPR]
             attrs["celery.kwargs"] = repr(kwargs)[:MAX_ARGS_REPR]
-        span = self.tracer.start_span(RUN_PREFIX + task.name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs)
-        token = context.attach(trace.set_span_in_context(span, parent))
-        self._running[task_id] = (span, token)
+        span = self.tracer.start_span(RUN_PREFIX + name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs)
+        self._running[task_id] = (span, context.attach(trace.set_span_in_context(span, parent)))
+        return span
+
+    def end_run(self, task_id: str) -> None:
+        _end(self._running, task_id)
 
     @guarded
     def _on_failure(
@@ -218,7 +219,3 @@ class LeanCeleryTracing:
         entry = self._running.get(request_id) if request_id is not None else None
         if entry is not None and reason:
             entry[0].set_attribute(RETRY_REASON_ATTRIBUTE, str(reason))
-
-    @guarded
-    def _on_postrun(self, task_id: str | None = None, **_: Any) -> None:
-        _end(self._running, task_id)
