@@ -236,6 +236,9 @@ class BridgedReader:
     histograms: HistogramBridge | None = None
     _received = threading.local()
 
+    # MetricReader.collect is marked final; this override only adds to it: the SDK calls
+    # _receive_metrics with nothing when none of its own instruments has a point (a web app
+    # whose one metric is its request duration), and the bridge's points must still go out.
     def collect(self, timeout_millis: float = 10_000) -> None:
         self._received.done = False
         super().collect(timeout_millis=timeout_millis)  # type: ignore[misc]

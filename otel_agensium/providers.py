@@ -71,7 +71,7 @@ def build_tracer_provider(settings: Settings, resource: Resource) -> TracerProvi
     return provider
 
 
-class _OTLPReader(BridgedReader, PeriodicExportingMetricReader):
+class _OTLPReader(BridgedReader, PeriodicExportingMetricReader):  # type: ignore[misc]  # collect: see BridgedReader
     """The periodic OTLP reader, with the in-process duration histograms merged in (histograms.py)."""
 
 
@@ -91,7 +91,7 @@ def prometheus_reader(settings: Settings) -> MetricReader | None:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import REGISTRY, start_http_server
 
-    class _PullReader(BridgedReader, PrometheusMetricReader):
+    class _PullReader(BridgedReader, PrometheusMetricReader):  # type: ignore[misc]  # collect: see BridgedReader
         # A pull reader has nothing to flush; collecting here would queue a second
         # copy of every series for the next scrape, which Prometheus rejects.
         def force_flush(self, timeout_millis: float = 10_000) -> bool:
