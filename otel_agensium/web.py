@@ -116,7 +116,10 @@ class LeanASGIMiddleware:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or (self.excluded is not None and self.excluded.url_disabled(scope["path"])):
-            await self.app(scope, receive, send)
+            if scope["type"] == "lifespan":
+                await _flush_at_shutdown(self.app, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         method = scope.get("method", "_OTHER")
         span = token = None
@@ -227,10 +230,12 @@ class FastAPIIntegration(Integration):
     def setup(self) -> None:
         import fastapi
 
-        # Both modes: the final flush runs at the lifespan's shutdown (uvicorn exits without atexit).
-        wrapt.wrap_function_wrapper("fastapi", "FastAPI.__call__", _call_with_flush_at_shutdown)
-        self.on_uninstall(lambda: unwrap(fastapi.FastAPI, "__call__"), "unwrap FastAPI.__call__")
+        # The final flush runs at the lifespan's shutdown (uvicorn exits without atexit): in
+        # LeanASGIMiddleware (the middleware stack sees the lifespan scope too), with contrib
+        # around FastAPI.__call__ (a wrapper every request would pass through in lean mode).
         if self.mode == "contrib":
+            wrapt.wrap_function_wrapper("fastapi", "FastAPI.__call__", _call_with_flush_at_shutdown)
+            self.on_uninstall(lambda: unwrap(fastapi.FastAPI, "__call__"), "unwrap FastAPI.__call__")
             from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
             instrumentor = FastAPIInstrumentor()
