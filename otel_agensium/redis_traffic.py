@@ -16,7 +16,9 @@ instrumentor names it (``INCRBY``), with the current database semantic conventio
 once at start (``db.system.name``, ``db.operation.name``, ``db.namespace``,
 ``server.address``, ``server.port``; the connection's part cached per connection pool),
 and no statement text: about two thirds of the contrib span's cost, which formats and
-sanitizes the statement and sets seven attributes one by one. Pipelines, and
+sanitizes the statement and sets seven attributes one by one. A pipeline's own immediate
+commands (``Pipeline.immediate_execute_command``: ``SCRIPT EXISTS`` before a pipeline with
+scripts, commands after ``WATCH``) take the same path. Pipelines, and
 ``redis.asyncio`` clients, are traced by the contrib instrumentor. A failure inside the
 decision is counted and logged once (:func:`~otel_agensium.errors.report`) and the command
 runs untraced: these wrappers sit on every Redis call of the host.
@@ -146,9 +148,10 @@ def _execute_pipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs
     original = getattr(wrapped, "__wrapped__", None)
     if outside and original is not None:
         # Outside any trace (kombu's acks, every task): untraced, without the instrumentor's
-        # wrapper. Still suppressed: a pipeline with scripts sends SCRIPT EXISTS through
-        # Pipeline.immediate_execute_command, which the instrumentor would trace as a root span.
-        return _call(original, args, kwargs, False)
+        # wrapper, and without a suppression context: the one command a pipeline can send on
+        # its own (SCRIPT EXISTS, through Pipeline.immediate_execute_command) passes through
+        # _execute_command too, which leaves it untraced outside a trace.
+        return original(*args, **kwargs)
     try:
         stack = getattr(instance, "command_stack", None) or ()
         first: Any = ()
@@ -187,6 +190,11 @@ class RedisIntegration(Integration):
         self.on_uninstall(lambda: unwrap(redis.Redis, "execute_command"), "unwrap Redis.execute_command")
         wrapt.wrap_function_wrapper("redis.client", "Pipeline.execute", _execute_pipeline)
         self.on_uninstall(lambda: unwrap(redis.client.Pipeline, "execute"), "unwrap Pipeline.execute")
+        wrapt.wrap_function_wrapper("redis.client", "Pipeline.immediate_execute_command", _execute_command)
+        self.on_uninstall(
+            lambda: unwrap(redis.client.Pipeline, "immediate_execute_command"),
+            "unwrap Pipeline.immediate_execute_command",
+        )
 
 
 def _forget_tracer() -> None:
