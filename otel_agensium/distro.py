@@ -4,6 +4,9 @@
 configurator (which calls :func:`otel_agensium.configure`), then every installed
 instrumentor. The Celery, Redis and FastAPI instrumentors are already set up by
 ``configure()`` with our options, so the distro skips them; the rest load as usual.
+When ``configure()`` left telemetry off (``OTEL_SDK_DISABLED=true``, or a set-up that
+failed) they are skipped too: with no provider they would record nothing, and their
+wrappers would still run around every task, Redis call and request.
 """
 
 from __future__ import annotations
@@ -28,9 +31,8 @@ class AgensiumDistro(BaseDistro):
         return None
 
     def load_instrumentor(self, entry_point: Any, **kwargs: Any) -> None:
-        handle = current()
-        if handle is not None and handle.enabled and entry_point.name in HANDLED_BY_CONFIGURE:
-            return
+        if current() is not None and entry_point.name in HANDLED_BY_CONFIGURE:
+            return  # set up by configure(), or telemetry is off
         super().load_instrumentor(entry_point, **kwargs)
 
 

@@ -5,6 +5,7 @@ the URL-exclusion helper the web integration reads) of a real ``configure()`` in
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,36 @@ def test_a_second_install_is_refused():
         assert first.done == [0, 1, 2]  # the refused installs changed nothing
     finally:
         first.uninstall()
+
+
+_INSTRUMENTED = r"""
+import json
+import celery.signals, fastapi, redis
+print(json.dumps({
+    "redis_wrapped": hasattr(redis.Redis.execute_command, "__wrapped__"),
+    "fastapi_wrapped": hasattr(fastapi.FastAPI.build_middleware_stack, "__wrapped__"),
+    "task_prerun_receivers": len(celery.signals.task_prerun.receivers),
+}))
+"""
+
+
+@pytest.mark.parametrize("disabled", [False, True])
+def test_opentelemetry_instrument_loads_no_contrib_instrumentor_when_telemetry_is_off(disabled, tmp_path):
+    """Under opentelemetry-instrument, the Celery, Redis and FastAPI instrumentors are configure()'s
+    (lean, ours) or, with OTEL_SDK_DISABLED=true, nobody's: nothing wraps the app's calls then."""
+    instrument = str(Path(sys.executable).parent / "opentelemetry-instrument")
+    env = {
+        "OTEL_PYTHON_DISTRO": "agensium",
+        "OTEL_PYTHON_CONFIGURATOR": "agensium",
+        "OTEL_SDK_DISABLED": "true" if disabled else "false",
+        "AGENSIUM_OTLP": "false",
+        "AGENSIUM_LOG_STDOUT": "false",
+        "OTEL_SERVICE_NAME": "instrumented",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    report, _ = run_json([instrument, sys.executable, "-c", _INSTRUMENTED], env, inherit=False)
+    if disabled:
+        assert report == {"redis_wrapped": False, "fastapi_wrapped": False, "task_prerun_receivers": 0}
+    else:  # ours: the Redis filter and the lean middleware; no task_prerun receiver in lean mode
+        assert report == {"redis_wrapped": True, "fastapi_wrapped": True, "task_prerun_receivers": 0}
