@@ -33,7 +33,9 @@ def _check(_: argparse.Namespace) -> int:
 def _settings(_: argparse.Namespace) -> int:
     for s in settings_module.SETTINGS:
         default = "<none>" if s.default in (None, {}, ()) else s.default
-        if isinstance(default, tuple):
+        if isinstance(default, bool):
+            default = "true" if default else "false"  # as the variable is written (and the README has it)
+        elif isinstance(default, tuple):
             default = ",".join(default)
         print(f"{s.env:36} default={default!s:24} {s.doc}")
     return 0

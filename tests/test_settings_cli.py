@@ -107,6 +107,20 @@ def test_readme_settings_table_is_the_settings_table():
     assert documented == expected
 
 
+def test_settings_command_prints_each_default_as_the_variable_is_written():
+    result = run_cli("settings")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert len(lines) == len(settings.SETTINGS)
+    for s in settings.SETTINGS:
+        written = _readme_default(s.default).strip("`")
+        if s.default in (None, {}, ()):
+            written = "<none>"
+        elif isinstance(s.default, tuple):
+            written = ",".join(s.default)
+        assert f" default={written} " in lines[s.env] + " ", lines[s.env]
+
+
 def test_demo_against_a_real_redis_broker(redis_server):
     result = run_cli("demo", "--broker", redis_server.url, "--tasks", "10")
     assert result.returncode == 0, result.stdout + result.stderr
