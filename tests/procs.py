@@ -71,6 +71,20 @@ def run_json(
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
 
+def doctor_json(app: str, env: dict[str, str], *extra: str) -> dict[str, dict]:
+    """``otel-agensium doctor -A app --json`` (exit 1 on a failed check is an answer too): check -> result."""
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_agensium.cli", "doctor", "-A", app, "--json", *extra],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    return {c["check"]: c for c in json.loads(result.stdout)}
+
+
 class Proc:
     """A subprocess in its own session whose output is collected by a thread."""
 

@@ -13,10 +13,7 @@ was enqueued, reserved and scheduled, exactly:
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -32,7 +29,7 @@ from otel_agensium.celery.backlog import RedisBacklog, parse_eta
 from otel_agensium.celery.gauges import QueueGauges
 from otel_agensium.celery.queues import CeleryQueues
 from tests.otlp_receiver import wait_for
-from tests.procs import ROOT, RedisServer, celery_worker, run_json
+from tests.procs import RedisServer, celery_worker, doctor_json, run_json
 
 APP = "tests.apps.tasks_app"
 SENT_AGO = 100.0
@@ -70,22 +67,7 @@ def _monitor_once(broker_url: str, queues: list[str]) -> dict:
 
 
 def _doctor_eta(broker_url: str) -> dict:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "TEST_BROKER_URL": broker_url,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "otel_agensium.cli", "doctor", "-A", APP, "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "Traceback" not in result.stdout + result.stderr, result.stderr
-    return {c["check"]: c for c in json.loads(result.stdout)}["eta"]
+    return doctor_json(APP, {"TEST_BROKER_URL": broker_url, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})["eta"]
 
 
 def test_backlog_figures_equal_what_was_enqueued_reserved_and_scheduled(broker, receiver):

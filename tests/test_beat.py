@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 import uuid
@@ -16,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from otel_agensium.celery.beat import BEAT_FIELD
 from otel_agensium.doctor.beat import beat_verdict
 from tests.otlp_receiver import wait_for
-from tests.procs import BIN, ROOT, Proc, free_port, run_json
+from tests.procs import BIN, Proc, doctor_json, free_port, run_json
 
 APP = "tests.apps.beat_app"
 ENTRY = "every-second"
@@ -69,23 +67,12 @@ def _messages(client: redis.Redis, queue: str) -> list[dict]:
 
 def _doctor(broker: str, queue: str, tolerance: str) -> dict:
     env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
         "TEST_BROKER_URL": broker,
         "TEST_BEAT_QUEUE": queue,
         "AGENSIUM_BEAT_TOLERANCE": tolerance,
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "otel_agensium.cli", "doctor", "-A", APP, "--json", "--timeout", "2"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "Traceback" not in result.stdout + result.stderr, result.stderr
-    return {c["check"]: c for c in json.loads(result.stdout)}
+    return doctor_json(APP, env, "--timeout", "2")
 
 
 def test_beat_sends_due_times_lag_and_counts_are_exact(redis_server, tmp_path):
