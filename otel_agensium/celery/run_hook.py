@@ -13,9 +13,10 @@ signals other receivers listen to, stores the result and handles retries and err
 
 ``build_tracer`` is replaced where Celery calls it by name: in ``celery.app.trace`` (its
 ``trace_task``; ``Task.apply`` and the prefork pool import it from there when they build)
-and in ``celery.worker.consumer.consumer`` (the solo and thread pools' tracers). A tracer
-built before :func:`install` is not wrapped. :func:`uninstall` puts the original back; a
-tracer already wrapped then calls straight through.
+and in ``celery.worker.consumer.consumer`` (the solo and thread pools' tracers). Tracers Celery
+built before :func:`install` (``configure()`` called from ``worker_process_init``, after
+the prefork child built them) are wrapped in place. :func:`uninstall` puts the original
+back; a tracer already wrapped then calls straight through.
 """
 
 from __future__ import annotations
@@ -34,10 +35,7 @@ _run: Run | None = None
 _original: Callable[..., Any] | None = None
 
 
-def _build_tracer(name: Any, task: Any, *args: Any, **kwargs: Any) -> Callable[..., Any]:
-    assert _original is not None
-    inner = _original(name, task, *args, **kwargs)
-
+def _wrap(inner: Callable[..., Any], task: Any) -> Callable[..., Any]:
     def trace_task(uuid: Any, args: Any, kwargs: Any, request: Any = None) -> Any:
         run = _run
         if run is None:
@@ -45,7 +43,29 @@ def _build_tracer(name: Any, task: Any, *args: Any, **kwargs: Any) -> Callable[.
         return run(inner, task, uuid, args, kwargs, request)
 
     trace_task.__wrapped__ = inner  # type: ignore[attr-defined]
+    trace_task._agensium_run_hook = True  # type: ignore[attr-defined]
     return trace_task
+
+
+def _build_tracer(name: Any, task: Any, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+    assert _original is not None
+    return _wrap(_original(name, task, *args, **kwargs), task)
+
+
+def _wrap_built_tracers() -> int:
+    """Wrap the tracers Celery built before install (``configure()`` called in ``worker_process_init``:
+    the prefork child builds every task's tracer first). Reads each app's task registry without
+    finalizing the app. Returns how many were wrapped."""
+    from celery._state import _get_active_apps
+
+    wrapped = 0
+    for app in list(_get_active_apps()):
+        for task in list(getattr(app, "_tasks", {}).values()):
+            built = task.__dict__.get("__trace__")
+            if callable(built) and not getattr(built, "_agensium_run_hook", False):
+                task.__trace__ = _wrap(built, task)
+                wrapped += 1
+    return wrapped
 
 
 def install(run: Run) -> None:
@@ -62,6 +82,7 @@ def install(run: Run) -> None:
     for module in modules:
         setattr(module, "build_tracer", _build_tracer)  # noqa: B010
     _run = run
+    _wrap_built_tracers()
 
 
 def uninstall() -> None:
