@@ -236,8 +236,26 @@ class Cluster:
         try:
             wait_for(exact, timeout=timeout)
         except AssertionError:
-            raise AssertionError(f"Prometheus totals {last} != expected {expected}") from None
+            raise AssertionError(
+                f"Prometheus totals {last} != expected {expected}; {self.where_succeeded(queue)}"
+            ) from None
         return time.monotonic() - start
+
+    def where_succeeded(self, queue: str) -> str:
+        """Per process: celery_tasks_succeeded_total in Prometheus and at each gateway's tap (a failure's detail)."""
+        query = f'celery_tasks_succeeded_total{{queue="{queue}"}}'
+        in_prometheus = {
+            s["metric"].get("instance", "?"): float(s["value"][1]) for s in prom.query(self.prometheus, query)["result"]
+        }
+        tapped = [
+            {
+                key[0]: point["dp"].as_int or point["dp"].as_double
+                for key, point in r.points("celery_tasks_succeeded").items()
+                if point["attributes"].get("queue") == queue
+            }
+            for r in self.receivers
+        ]
+        return f"succeeded by instance in Prometheus {in_prometheus}, at the gateways' taps {tapped}"
 
     def spans_by_gateway(self, task_ids: set[str]) -> list[dict[str, list[dict]]]:
         """Per gateway: trace id -> spans of the traces whose run span carries one of ``task_ids``."""
