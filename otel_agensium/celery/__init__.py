@@ -149,9 +149,7 @@ class CeleryIntegration(Integration):
         if metrics is not None:
             try:
                 attrs = self.labels.attributes(task.name, queue_of(req.get("delivery_info")))
-                sent_at = req.get(SENT_AT_HEADER)
-                if sent_at.__class__ in (float, int):
-                    metrics.queue_wait.record(max(0.0, time.time() - sent_at), attrs)
+                metrics.record_queue_wait(req.get(SENT_AT_HEADER), attrs)
             except Exception:  # noqa: BLE001 - the task runs, uncounted
                 attrs = None
                 report("CeleryIntegration.run.metrics")
@@ -164,16 +162,9 @@ class CeleryIntegration(Integration):
             raise
         try:
             if attrs is not None:
-                state = run_hook.outcome(result)
-                if state == "SUCCESS":
-                    metrics.succeeded.add(1, attrs)  # type: ignore[union-attr]
-                elif state == "FAILURE":
-                    metrics.failed.add(1, attrs)  # type: ignore[union-attr]
-                elif state == "RETRY":
-                    metrics.retried.add(1, attrs)  # type: ignore[union-attr]
-                if state == "SUCCESS" or state == "FAILURE":
-                    # While the run span is still current: the histogram's exemplar points at it.
-                    metrics.duration.record(time.perf_counter() - started, attrs)  # type: ignore[union-attr]
+                # While the run span is still current: the duration histogram's exemplar points at it.
+                seconds = time.perf_counter() - started
+                metrics.count_outcome(run_hook.outcome(result), attrs, seconds)  # type: ignore[union-attr]
         except Exception:  # noqa: BLE001 - counted; the task's outcome stands
             report("CeleryIntegration.run.metrics")
         finally:
@@ -208,9 +199,9 @@ class CeleryIntegration(Integration):
                 span.set_attribute("celery.kwargs", repr(kwargs)[:MAX_ARGS_REPR])
         if self.metrics is not None:
             sent_at = getattr(task.request, SENT_AT_HEADER, None)
-            if isinstance(sent_at, (int, float)):
+            if sent_at is not None:
                 attrs = self.labels.attributes(task.name, queue_of(task.request.delivery_info))
-                self.metrics.queue_wait.record(max(0.0, time.time() - sent_at), attrs)
+                self.metrics.record_queue_wait(sent_at, attrs)
 
     @guarded
     def _on_postrun(self, task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any) -> None:
@@ -218,17 +209,7 @@ class CeleryIntegration(Integration):
         if self.metrics is None or task is None:
             return
         attrs = self.labels.attributes(task.name, queue_of(task.request.delivery_info))
-        if state == "SUCCESS":
-            self.metrics.succeeded.add(1, attrs)
-        elif state == "FAILURE":
-            self.metrics.failed.add(1, attrs)
-        elif state == "RETRY":
-            self.metrics.retried.add(1, attrs)
-            return
-        else:
-            return
-        if started is not None:
-            self.metrics.duration.record(time.perf_counter() - started, attrs)
+        self.metrics.count_outcome(state, attrs, time.perf_counter() - started if started is not None else None)
 
     @guarded
     def _on_revoked(self, request: Any = None, **_: Any) -> None:

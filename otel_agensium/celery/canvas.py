@@ -42,16 +42,14 @@ from opentelemetry.trace import SpanContext, TraceFlags
 
 from ..errors import guarded
 from ..integration import Integration, connect
+from .tracing import TASK_ID_ATTRIBUTE, TASK_NAME_ATTRIBUTE, WORKFLOW_ATTRIBUTES
 
 CHORD_HEADER = "agensium_chord_group"
 CHORD_KEY = "agensium:chord:{group}"
 CHORD_TTL = 24 * 3600
 MAX_LINKS = 1000  # span links per callback, at most (a chord header can be large)
-GROUP_ID = "celery.group_id"
-PARENT_ID = "celery.parent_id"
-ROOT_ID = "celery.root_id"
-LINKED_TASK_ID = "celery.task_id"
-LINKED_TASK_NAME = "celery.task_name"
+LINKED_TASK_ID = TASK_ID_ATTRIBUTE  # a link names the header task as its run span does
+LINKED_TASK_NAME = TASK_NAME_ATTRIBUTE
 CHORD_GROUP_ID = "celery.chord_group_id"  # on a chord callback's run span: the group it waited for
 
 
@@ -107,14 +105,11 @@ class CanvasIntegration(Integration):
         if not span.is_recording():
             return
         request = task.request
-        group = getattr(request, "group", None)
-        for key, value in (
-            (GROUP_ID, group),
-            (PARENT_ID, getattr(request, "parent_id", None)),
-            (ROOT_ID, getattr(request, "root_id", None)),
-        ):
+        for key, attribute in WORKFLOW_ATTRIBUTES:  # what lean tracing sets at the span's start
+            value = getattr(request, key, None)
             if isinstance(value, str) and value:
-                span.set_attribute(key, value)
+                span.set_attribute(attribute, value)
+        group = getattr(request, "group", None)
         self._chord(task, task_id, group, getattr(request, "chord", None), getattr(request, CHORD_HEADER, None), span)
 
     @guarded

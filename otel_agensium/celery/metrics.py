@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -164,6 +165,25 @@ class TaskMetrics:
             ),
             meter=meter,
         )
+
+    def record_queue_wait(self, sent_at: Any, attributes: Mapping[str, str]) -> None:
+        """Publish to start, from the publish time an otel-agensium publisher put in the headers."""
+        if isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool):
+            self.queue_wait.record(max(0.0, time.time() - sent_at), attributes)
+
+    def count_outcome(self, state: str | None, attributes: Mapping[str, str], seconds: float | None) -> None:
+        """A run's end, by the state Celery reports; the duration of successes and failures (``seconds``)."""
+        if state == "SUCCESS":
+            self.succeeded.add(1, attributes)
+        elif state == "FAILURE":
+            self.failed.add(1, attributes)
+        elif state == "RETRY":
+            self.retried.add(1, attributes)
+            return
+        else:
+            return
+        if seconds is not None:
+            self.duration.record(seconds, attributes)
 
 
 # --- worker processes: resident memory and CPU time -------------------------------------
