@@ -49,10 +49,11 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 _bridges: weakref.WeakKeyDictionary[Any, HistogramBridge] = weakref.WeakKeyDictionary()
 
 
-def _supported() -> bool:
-    temporality = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "cumulative")
-    exemplars = os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER", "trace_based")
-    return temporality.strip().lower() == "cumulative" and exemplars.strip().lower() in ("trace_based", "always_off")
+def _exemplar_filter() -> str | None:
+    """The SDK's exemplar filter setting when this module reproduces it (else None), and cumulative temporality."""
+    temporality = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "cumulative").strip().lower()
+    exemplars = os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER", "trace_based").strip().lower()
+    return exemplars if temporality == "cumulative" and exemplars in ("trace_based", "always_off") else None
 
 
 class _Point:
@@ -145,9 +146,10 @@ class FastHistogram:
 class HistogramBridge:
     """The fast histograms of one meter provider, merged into what its readers collect."""
 
-    def __init__(self, resource: Any) -> None:
-        self.resource = resource
-        self.exemplars = os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER", "trace_based").strip().lower() != "always_off"
+    def __init__(self, provider: Any, resource: Any, exemplars: bool) -> None:
+        self._provider = weakref.ref(provider)
+        self._resource = resource  # the provider's own is read at each merge: see resource()
+        self.exemplars = exemplars
         self._scopes: dict[tuple[str, str | None], list[FastHistogram]] = {}
         self._last_collect: dict[int, int] = {}  # id(reader) -> when it last collected
         self._lock = threading.Lock()
@@ -162,6 +164,15 @@ class HistogramBridge:
             histograms.append(histogram)
             return histogram
 
+    def resource(self) -> Any:
+        """The provider's resource as it is now: the SDK gives a forked child its own service.instance.id.
+
+        Read from the provider's private ``_sdk_config`` (as :mod:`otel_agensium.fork` reads its
+        internals); the resource given at install if an SDK version moved it.
+        """
+        config = getattr(self._provider(), "_sdk_config", None)
+        return getattr(config, "resource", None) or self._resource
+
     def merge(self, reader: Any, data: MetricsData) -> MetricsData:
         """``data`` with this bridge's points added under their scopes (into the first resource)."""
         now = time_ns()
@@ -175,7 +186,11 @@ class HistogramBridge:
         if not extra:
             return data
         resources = list(data.resource_metrics) if data is not None else []
-        first = resources[0] if resources else ResourceMetrics(self.resource, [], "")
+        if resources:
+            first = resources[0]
+        else:  # none of the SDK's instruments had a point
+            resource = self.resource()
+            first = ResourceMetrics(resource, [], resource.schema_url)
         scopes = []
         for scope_metrics in first.scope_metrics:
             key = (scope_metrics.scope.name, scope_metrics.scope.version)
@@ -199,9 +214,10 @@ class HistogramBridge:
 
 def install_bridge(provider: Any, resource: Any, readers: Sequence[Any]) -> HistogramBridge | None:
     """Give ``provider`` a bridge when every reader merges its points and the settings allow it."""
-    if not _supported() or not readers or not all(isinstance(r, BridgedReader) for r in readers):
+    exemplar_filter = _exemplar_filter()
+    if exemplar_filter is None or not readers or not all(isinstance(r, BridgedReader) for r in readers):
         return None
-    bridge = HistogramBridge(resource)
+    bridge = HistogramBridge(provider, resource, exemplars=exemplar_filter != "always_off")
     for reader in readers:
         reader.histograms = bridge
     _bridges[provider] = bridge

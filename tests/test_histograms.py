@@ -56,6 +56,12 @@ def _points(reader):
     return found
 
 
+def _instance(reader):
+    """The service.instance.id the reader's collection is exported under (the fast provider has no SDK points)."""
+    data = reader.get_metrics_data()
+    return data.resource_metrics[0].resource.attributes.get("service.instance.id") if data else None
+
+
 def _same(sdk, fast, with_exemplars=True):
     assert sdk.keys() == fast.keys()
     for key in sdk:
@@ -146,15 +152,17 @@ def test_exemplars_off_when_the_filter_is_always_off(monkeypatch):
 def test_a_forked_child_starts_empty():
     readers, histograms = _providers()
     histograms[1].record(1.0, {"task_name": "a"})
+    parent_instance = _instance(readers[1])
     pid = os.fork()
-    if pid == 0:  # the child: its own points only
+    if pid == 0:  # the child: its own points only, under its own service.instance.id
         code = 1
         try:
             before = _points(readers[1])
             histograms[1].record(2.0, {"task_name": "b"})
-            after = _points(readers[1])
-            (points,) = after.values()
-            code = 0 if before == {} and list(points) == [(("task_name", "b"),)] else 3
+            child_instance = _instance(readers[1])
+            (points,) = _points(readers[1]).values()
+            fresh = before == {} and list(points) == [(("task_name", "b"),)]
+            code = 0 if fresh and child_instance not in (None, parent_instance) else 3
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
