@@ -19,6 +19,7 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+CLI = str(BIN / "otel-agensium")
 
 
 def free_port() -> int:
@@ -69,6 +70,26 @@ def run_json(
     done = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    drop: tuple[str, ...] = ("OTEL_", "AGENSIUM_"),
+) -> subprocess.CompletedProcess:
+    """The ``otel-agensium`` command from the repository root, without this environment's variables
+    that start with ``drop`` (the settings), plus ``env``; output captured as text."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    return subprocess.run(
+        [CLI, *args],
+        env={**clean, **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def doctor_json(app: str, env: dict[str, str], *extra: str) -> dict[str, dict]:

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.procs import BIN, ROOT, Proc, RedisServer, free_port
+from tests.procs import CLI, ROOT, Proc, RedisServer, free_port
 
-CLI = str(BIN / "otel-agensium")
 TIMES: dict[str, float] = {}  # seconds per case, printed with -s
 PASSWORD = "s3cret-PW-7f"  # the real one; must never be printed
 WRONG = "wrong-PW-19"  # a wrong one, given by the user; must never be printed either

@@ -16,9 +16,8 @@ import pytest
 
 from tests import prom
 from tests.otlp_receiver import wait_for
-from tests.procs import BIN, ROOT, RedisServer, celery_worker, free_port
+from tests.procs import ROOT, RedisServer, celery_worker, free_port, run_cli
 
-CLI = str(BIN / "otel-agensium")
 PASSWORD = "doctor-pw-4b7e1f"
 APP = "tests.apps.doctor_app"
 RSS = "celery_worker_process_resident_memory_bytes"
@@ -36,17 +35,8 @@ def broker():
 def doctor(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> tuple[subprocess.CompletedProcess, float]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGENSIUM_", "TEST_BROKER"))}
     started = time.monotonic()
-    result = subprocess.run(
-        [CLI, "doctor", *args],
-        env={**clean, **(env or {})},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_cli("doctor", *args, env=env, timeout=timeout, drop=("OTEL_", "AGENSIUM_", "TEST_BROKER"))
     return result, time.monotonic() - started
 
 

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 
 import otel_agensium
 from otel_agensium import settings
-from tests.procs import BIN, ROOT
-
-CLI = str(BIN / "otel-agensium")
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGENSIUM_"))}
-    return subprocess.run(
-        [CLI, *args],
-        env={**clean, **(env or {})},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+from tests.procs import ROOT, run_cli
 
 
 def test_check_passes_on_defaults():

@@ -14,8 +14,7 @@ import pytest
 
 import otel_agensium
 from otel_agensium import settings
-from tests.procs import BIN, ROOT, free_port
-from tests.test_settings_cli import run_cli
+from tests.procs import BIN, ROOT, free_port, run_cli
 
 BAD: list[tuple[str, str]] = [
     ("OTEL_SDK_DISABLED", "maybe"),
