@@ -116,7 +116,7 @@ def test_lean_spans_carry_the_messaging_conventions_and_nothing_more(runs):
         "messaging.operation.type": "process",
         "messaging.operation.name": "run",
         "messaging.destination.name": "tracing-lean",
-        "celery.root_id": ids["incr"],  # canvas.py: the workflow's first task (here the task itself)
+        "celery.root_id": ids["incr"],  # the workflow's first task (here the task itself): set at start by tracing.py
     }
     ids, spans = runs["contrib"]  # the lean publisher's side
     publish = _one(spans, "apply_async/t.incr")
