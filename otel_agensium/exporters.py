@@ -3,13 +3,23 @@
 Prefork pools (Celery's default) fork children from a parent that already holds the
 SDK's providers. An exporter inherited from the parent would share its HTTP connection
 pool (its sockets) with it, so every exporter here is a :class:`_PerProcessExporter`: the
-real one is created lazily in each process id. Each export runs in a thread of its own,
-bounded by the final flush's deadline (:mod:`otel_agensium.shutdown`).
+real one is created in each process id: at once in the process that configures, lazily in
+a forked child. Each export runs in a thread of its own, bounded by the final flush's
+deadline (:mod:`otel_agensium.shutdown`).
+
+Nothing on the export path may be imported for the first time in an export thread. A fork
+copies the import lock of a module another thread is importing at that moment, held, and
+nothing in the child will release it: the child's first export that imports the same
+module blocks forever, and all its telemetry is lost without a word (a prefork parent
+forks its children just as its first exports run). So the real exporter, with its
+encoders, is created when the process configures, on its thread, and what ``requests``
+imports on its first request is imported here (tests/test_fork_imports.py).
 """
 
 from __future__ import annotations
 
 import logging
+import netrc  # noqa: F401 - requests imports it on its first request (get_netrc_auth): see above
 import os
 import threading
 import time
@@ -105,8 +115,8 @@ class _PerProcessExporter:
         self._factory = factory
         self._signal = signal
         self._endpoint = endpoint
-        self._pid = -1
-        self._inner: Any = None
+        self._inner: Any = factory()  # on the configuring thread: imports what its exports need
+        self._pid = os.getpid()
         self._closed = False
         self._lock = threading.Lock()
         _PerProcessExporter._instances.add(self)
@@ -160,13 +170,11 @@ class PerProcessSpanExporter(_PerProcessExporter, SpanExporter):
 class PerProcessMetricExporter(_PerProcessExporter, MetricExporter):
     def __init__(self, factory: Callable[[], Any], signal: str, endpoint: str) -> None:
         _PerProcessExporter.__init__(self, factory, signal, endpoint)
-        probe = factory()  # temporality/aggregation preferences come from the real exporter
-        MetricExporter.__init__(
+        MetricExporter.__init__(  # temporality/aggregation preferences come from the real exporter
             self,
-            preferred_temporality=probe._preferred_temporality,
-            preferred_aggregation=probe._preferred_aggregation,
+            preferred_temporality=self._inner._preferred_temporality,
+            preferred_aggregation=self._inner._preferred_aggregation,
         )
-        self._inner, self._pid = probe, os.getpid()
 
     _SUCCESS, _FAILURE = MetricExportResult.SUCCESS, MetricExportResult.FAILURE
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import httpx
 import pytest
 
@@ -10,7 +12,7 @@ from tests.procs import celery_worker, uvicorn_app
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server, receiver):
+def processes(redis_server, receiver):
     worker = celery_worker("tests.apps.tasks_app", redis_server.url, receiver.endpoint, "web-trace", name="web")
     try:
         web, base = uvicorn_app(
@@ -24,13 +26,18 @@ def stack(redis_server, receiver):
         worker.stop()
         raise
     try:
-        yield base
+        yield SimpleNamespace(base=base, web=web, worker=worker)
     finally:
         web.stop()
         worker.stop()
 
 
-def test_request_publish_run_and_redis_share_one_trace(stack, receiver):
+@pytest.fixture(scope="module")
+def stack(processes):
+    return processes.base
+
+
+def test_request_publish_run_and_redis_share_one_trace(stack, processes, receiver):
     response = httpx.post(f"{stack}/enqueue", timeout=10)
     assert response.status_code == 200
     task_id = response.json()["task_id"]
@@ -47,7 +54,8 @@ def test_request_publish_run_and_redis_share_one_trace(stack, receiver):
         run = wait_for(run_span, timeout=60)
     except AssertionError:
         names = sorted({(x["name"], x["resource"].get("service.name")) for x in receiver.spans()})
-        raise AssertionError(f"no run span for {task_id}; spans: {names}") from None
+        worker_log = "\n".join(processes.worker.lines[-60:])
+        raise AssertionError(f"no run span for {task_id}; spans: {names}; the worker printed:\n{worker_log}") from None
     trace_spans = wait_for(
         lambda: (
             [s for s in receiver.spans() if s["trace_id"] == run["trace_id"]]

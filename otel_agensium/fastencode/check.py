@@ -1,12 +1,31 @@
 """What the fast encoder proves itself against: the official encoder and a probe batch that uses
-every part of the format."""
+every part of the format.
+
+Both run in an export thread, on the first batch; everything they use is imported here, when
+the exporter is created (a module first imported off the main thread can stay locked in a
+forked child: otel_agensium/exporters.py).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as _official
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    set_span_in_context,
+)
+from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AnyValue
 
 # Spans of the first batch encoded both ways (with the probe batch): the official encoder costs
@@ -16,21 +35,12 @@ CHECK_SPANS = 32
 
 def official_encode(spans: Sequence[ReadableSpan]) -> bytes:
     """What ``OTLPSpanExporter.export`` sends: the official encoder's message, serialized."""
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as _official
-
     return _official(spans).SerializePartialToString()
 
 
 def probe_spans() -> list[ReadableSpan]:
     """A small batch that uses every part of the format: all value types, events, links,
     status with a description, remote and local parents, trace state, two scopes."""
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-    from opentelemetry.trace import NonRecordingSpan, TraceFlags, set_span_in_context
-    from opentelemetry.trace.span import TraceState
-
     memory = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "otel-agensium-probe", "n": 3}))
     provider.add_span_processor(SimpleSpanProcessor(memory))

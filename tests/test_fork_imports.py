@@ -1,0 +1,58 @@
+"""Nothing is imported for the first time off the main thread once ``configure()`` has run.
+
+A prefork worker's parent forks its children while its export threads and metric reader run.
+A module one of them is importing at that moment is copied into the child with its import
+lock held, and nothing in the child will ever release it: the child's first export that
+imports the same module blocks forever, and that child's spans, metrics and logs are lost
+without a word (seen in CI: a worker child whose run spans never arrived; scale-out children
+whose counters never reached Prometheus). ``configure()`` imports everything the export
+paths need up front (otel_agensium/exporters.py, :func:`import_export_paths`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from celery import Celery
+
+from tests.otlp_receiver import wait_for
+from tests.procs import celery_worker
+
+QUEUE = "fork-imports"
+
+
+@pytest.fixture(scope="module")
+def watched(redis_server, receiver, tmp_path_factory):
+    log = tmp_path_factory.mktemp("imports") / "imports.jsonl"
+    worker = celery_worker(
+        "tests.apps.import_watch_app",
+        redis_server.url,
+        receiver.endpoint,
+        QUEUE,
+        name="fork-imports",
+        env={"TEST_IMPORT_LOG": str(log)},
+    )
+    try:
+        app = Celery("fork-imports-client", broker=redis_server.url, backend=redis_server.url)
+        results = [app.send_task("t.incr", ("agensium:test:fork-imports",), queue=QUEUE) for _ in range(4)]
+        results += [app.send_task("t.fail", queue=QUEUE)]
+        for result in results:
+            result.get(timeout=60, propagate=False)
+
+        def exported():
+            runs = [s for s in receiver.spans() if s["name"].startswith("run/t.")]
+            succeeded = sum(v for k, v in receiver.totals("celery_tasks_succeeded").items() if ("queue", QUEUE) in k)
+            ready = [s for s in receiver.spans() if s["name"] == "worker ready"]
+            return len(runs) >= 5 and ready and succeeded == 4 and receiver.logs
+
+        wait_for(exported, timeout=60)
+        # the parent's reader has collected (and its exporters sent) more than once by now
+        wait_for(lambda: len(receiver.metrics) >= 6, timeout=30)
+    finally:
+        worker.stop()
+    yield [tuple(json.loads(line)) for line in log.read_text().splitlines()]
+
+
+def test_the_worker_parent_imports_nothing_off_its_main_thread(watched):
+    assert watched == [], "modules first imported off the main thread (thread, module): " + repr(sorted(set(watched)))
