@@ -23,7 +23,7 @@ def _bool(value: Any) -> bool:
         return True
     if text in ("false", "0", "no", "off"):
         return False
-    raise ValueError("true or false")
+    raise ValueError("true or false (also 1/0, yes/no, on/off)")
 
 
 def _int_range(low: int, high: int | None = None) -> Callable[[Any], int]:
@@ -76,6 +76,24 @@ def _choice(*choices: str, lower: bool = True) -> Callable[[Any], str]:
     return parse
 
 
+REDIS_DB_ACCEPTED = "a database number after the host (redis://host:6379/0), or none"
+
+
+def redis_db_problem(url: str) -> str | None:
+    """What is wrong with the database of a ``redis://`` or ``rediss://`` URL (its path), or None.
+
+    redis-py and kombu read the path as the database number and raise at the first connection
+    otherwise ("Database is int between 0 and limit - 1, not abc"), long after the setting was read.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return None
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        return f"database {db!r} is not a number"
+    return None
+
+
 def _url(*schemes: str) -> Callable[[Any], str]:
     accepted = "a URL starting with " + " or ".join(f"{s}://" for s in schemes)
 
@@ -88,6 +106,8 @@ def _url(*schemes: str) -> Callable[[Any], str]:
             raise ValueError(accepted) from None
         if parts.scheme not in schemes or not parts.hostname:
             raise ValueError(accepted)
+        if redis_db_problem(text):
+            raise ValueError(f"{accepted}, with {REDIS_DB_ACCEPTED}")
         return text.rstrip("/")
 
     return parse

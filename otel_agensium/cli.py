@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from . import settings as settings_module
+from ._parsers import REDIS_DB_ACCEPTED, redis_db_problem
 from .cli_errors import BUG, INTERRUPTED, USAGE, die_of_sigpipe, known, output_failure
 
 PROG = "otel-agensium"
@@ -22,12 +23,12 @@ MAX_DEMO_TASKS = 10_000
 
 
 def _check(_: argparse.Namespace) -> int:
-    problems = settings_module.check()
-    for line in problems:
-        print(line)
+    problems, refused = settings_module.check()
+    for line in problems:  # strict mode: start-up would refuse them, a configuration error (exit 2)
+        print(f"{PROG} check: {line}" if refused else line, file=sys.stderr if refused else sys.stdout)
     if not problems:
         print(f"ok: {len(settings_module.SETTINGS)} settings valid")
-    return 1 if problems else 0
+    return USAGE if refused else 1 if problems else 0
 
 
 def _settings(_: argparse.Namespace) -> int:
@@ -110,6 +111,9 @@ def _broker_url(text: str) -> str:
             ) from None
         except Exception as exc:  # noqa: BLE001 - a bad port, a transport whose library is missing...
             raise argparse.ArgumentTypeError(f"{shown}: {scrub(str(exc))}") from None
+        problem = redis_db_problem(url)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{shown}: {problem}; expected {REDIS_DB_ACCEPTED}")
     return text.strip()
 
 

@@ -238,8 +238,9 @@ class Settings:
     )
     strict: bool = _row(None, False, _bool, "Refuse to start on a bad AGENSIUM_* value instead of using its default.")
 
-    # Not a setting: what load() ignored, one line each.
+    # Not settings: what load() ignored, one line each; whether strict mode refuses any of it.
     problems: tuple[str, ...] = field(default=(), init=False, compare=False)
+    refused: bool = field(default=False, init=False, compare=False)
 
     @property
     def values(self) -> dict[str, Any]:
@@ -305,8 +306,7 @@ def load(
             f"configure() got unknown setting(s) {', '.join(unknown)}; accepted: {', '.join(BY_NAME)}"
         )
     values: dict[str, Any] = {}
-    problems: list[str] = []
-    refusals: list[str] = []  # the same problems of AGENSIUM_* settings, worded for strict mode
+    problems: list[tuple[str, str | None]] = []  # (the line, its strict-mode wording for AGENSIUM_*)
     for setting in SETTINGS:
         if setting.name in overrides and overrides[setting.name] is not None:
             raw = overrides[setting.name]
@@ -322,18 +322,22 @@ def load(
         try:
             values[setting.name] = setting.parse(raw)
         except ValueError as exc:
-            problems.append(problem_line(setting, raw, str(exc)))
-            if setting.env.startswith(PREFIX):
-                refusals.append(problem_line(setting, raw, str(exc), source="strict"))
+            refusal = problem_line(setting, raw, str(exc), source="strict") if setting.env.startswith(PREFIX) else None
+            problems.append((problem_line(setting, raw, str(exc)), refusal))
             values[setting.name] = setting.default
+    refusals = [refusal for _, refusal in problems if refusal is not None]
     if values["strict"] and refusals and strict_raises:
         raise ConfigurationError(refusals[0])
     settings = Settings(**values)
-    object.__setattr__(settings, "problems", tuple(problems))  # frozen: set once, here
+    lines = tuple((refusal or line) if values["strict"] else line for line, refusal in problems)
+    object.__setattr__(settings, "problems", lines)  # frozen: set once, here
+    object.__setattr__(settings, "refused", bool(values["strict"] and refusals))
     return settings
 
 
-def check(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Return one line per bad setting in the environment (empty when all are good)."""
+def check(environ: Mapping[str, str] | None = None) -> tuple[list[str], bool]:
+    """One line per bad setting in the environment (empty when all are good), and whether start-up
+    would refuse them (``AGENSIUM_STRICT=true`` and a bad ``AGENSIUM_*`` value)."""
     environ = os.environ if environ is None else environ
-    return list(load(environ=environ, strict_raises=False).problems)
+    settings = load(environ=environ, strict_raises=False)
+    return list(settings.problems), settings.refused

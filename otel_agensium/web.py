@@ -16,7 +16,8 @@ Two implementations, chosen by ``AGENSIUM_HTTP_INSTRUMENTATION``:
 FastAPI's own native telemetry (``FastAPI(telemetry=...)``) is turned off by default
 for apps that do not configure it, so a request never gets two server spans.
 Apps created before ``configure()`` are covered as long as they have not served a
-request yet; otherwise call ``otel_agensium.instrument_app(app)``.
+request yet (their native telemetry is turned off, unless they configured it, when the
+server starts them); otherwise call ``otel_agensium.instrument_app(app)``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,31 @@ EXCLUDED_SPANS = ["receive", "send"]
 # Semantic-convention buckets for http.server.request.duration, in seconds.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 _NATIVE_OFF = {"tracing": False, "metrics": False, "logs": False}
+# FastAPI's native telemetry as ``FastAPI()`` leaves it when not given ``telemetry=`` (0.165).
+_NATIVE_DEFAULTS = {
+    "tracer_provider": None,
+    "meter_provider": None,
+    "logger_provider": None,
+    "tracing": True,
+    "metrics": True,
+    "logs": True,
+    "operation_spans": True,
+    "exclude": None,
+}
+
+
+def _native_off_unless_configured(app: Any) -> None:
+    """Turn FastAPI's native telemetry off in an app that left it at its defaults.
+
+    Apps created after ``configure()`` get ``telemetry`` off from the wrapped ``FastAPI.__init__``;
+    one created before has native telemetry on. Its middleware stack is built (and wrapped here)
+    when the server runs the app's lifespan, before the first request, so no request is served
+    with both (uvicorn --lifespan off: the stack is built in the first request, which native
+    telemetry already took). An app that configured native telemetry is left alone.
+    """
+    config = getattr(app, "_telemetry", None)
+    if isinstance(config, dict) and all(config.get(key) == value for key, value in _NATIVE_DEFAULTS.items()):
+        config.update(_NATIVE_OFF)
 
 
 class _HeaderGetter(Getter[list[tuple[bytes, bytes]]]):
@@ -219,6 +245,7 @@ class FastAPIIntegration(Integration):
 
     # -- lean ------------------------------------------------------------------------
     def _wrap_stack(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        _native_off_unless_configured(instance)  # an app created before configure(): FastAPI.__init__ ran unwrapped
         return LeanASGIMiddleware(wrapped(*args, **kwargs), self._tracer, self._duration, self._excluded)
 
     @staticmethod

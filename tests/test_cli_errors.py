@@ -71,6 +71,18 @@ def _cases(u: dict[str, str]) -> list[Case]:
         ),
         Case("demo-not-a-url", ["demo", "--broker", "localhost"], USAGE, "is not a URL"),
         Case(
+            "demo-redis-db-not-a-number",
+            ["demo", "--broker", f"redis://:{WRONG}@127.0.0.1:6379/abc"],
+            USAGE,
+            "database 'abc' is not a number; expected a database number",
+        ),
+        Case(
+            "doctor-redis-db-not-a-number",
+            ["doctor", "--broker", "redis://127.0.0.1:6379/0;redis://127.0.0.1:6379/x1"],
+            USAGE,
+            "database 'x1' is not a number",
+        ),
+        Case(
             "monitor-empty-queues",
             ["monitor", "--queues", " , ", "--once"],
             USAGE,
@@ -100,7 +112,7 @@ def _cases(u: dict[str, str]) -> list[Case]:
         Case("doctor-empty-queues", ["doctor", "--queues", ","], USAGE, "--queues: expected comma-separated"),
         Case("doctor-unknown-transport", ["doctor", "--broker", "nonsense://x"], USAGE, "unknown transport"),
         Case("doctor-nothing-to-check", ["doctor"], USAGE, "give -A/--app or --broker"),
-        # --- bad configuration: exit 2 (check reports it and exits 1, as documented) ---
+        # --- bad configuration: exit 2 (check reports it and exits 1, or 2 in strict mode, as documented) ---
         Case(
             "demo-strict-bad-setting",
             ["demo"],
@@ -121,6 +133,13 @@ def _cases(u: dict[str, str]) -> list[Case]:
             USAGE,
             "AGENSIUM_LOG_FILE='/tmp' is invalid",
             env={"AGENSIUM_STRICT": "true", "AGENSIUM_LOG_FILE": "/tmp"},
+        ),
+        Case(
+            "check-strict-bad-setting",
+            ["check"],
+            USAGE,
+            "AGENSIUM_LOGS='maybe' is invalid: expected true or false (also 1/0, yes/no, on/off); not starting",
+            env={"AGENSIUM_STRICT": "true", "AGENSIUM_LOGS": "maybe"},
         ),
         Case(
             "check-bad-setting-empty-ones-unset",

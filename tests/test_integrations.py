@@ -166,3 +166,40 @@ def test_opentelemetry_instrument_loads_no_contrib_instrumentor_when_telemetry_i
         assert report == {"redis_wrapped": False, "fastapi_wrapped": False, "task_prerun_receivers": 0}
     else:  # ours: the Redis filter and the lean middleware; no task_prerun receiver in lean mode
         assert report == {"redis_wrapped": True, "fastapi_wrapped": True, "task_prerun_receivers": 0}
+
+
+_GAUGES = r"""
+import json, logging, sys
+from celery import Celery
+import otel_agensium
+from otel_agensium.integration import IntegrationError
+
+said = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        said.append(record.getMessage())
+logging.getLogger("otel_agensium").addHandler(Keep())
+
+first, other = Celery("first", broker=sys.argv[1]), Celery("other", broker=sys.argv[1])
+early = otel_agensium.install_queue_gauges(first)
+otel_agensium.configure(otlp=False, logs=False)
+gauges = otel_agensium.install_queue_gauges(first)
+again = otel_agensium.install_queue_gauges(first)
+try:
+    otel_agensium.install_queue_gauges(other)
+    refused = None
+except IntegrationError as exc:
+    refused = str(exc)
+print(json.dumps({"early": early, "said": said, "installed": gauges is not None, "same": again is gauges,
+                  "refused": refused}))
+"""
+
+
+def test_queue_gauges_before_configure_and_for_a_second_app_say_so(redis_server):
+    """Before configure(): None and one warning line; again for the same app: the same gauges; for
+    another app: IntegrationError naming the app they watch (one set per process)."""
+    out, _ = run_json([sys.executable, "-c", _GAUGES, redis_server.url])
+    assert out["early"] is None
+    assert [line for line in out["said"] if "install_queue_gauges() called before" in line], out["said"]
+    assert out["installed"] and out["same"]
+    assert out["refused"] and "already installed for the Celery app 'first'" in out["refused"], out

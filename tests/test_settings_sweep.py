@@ -14,7 +14,7 @@ import pytest
 
 import otel_agensium
 from otel_agensium import settings
-from tests.procs import BIN, ROOT, free_port, run_cli
+from tests.procs import BIN, ROOT, free_port, refusing_endpoint, run_cli
 
 BAD: list[tuple[str, str]] = [
     ("OTEL_SDK_DISABLED", "maybe"),
@@ -60,6 +60,8 @@ BAD: list[tuple[str, str]] = [
     ("AGENSIUM_REDIS_URL", "localhost:6379"),
     ("AGENSIUM_REDIS_URL", "http://redis:6379"),
     ("AGENSIUM_REDIS_URL", "redis://"),
+    ("AGENSIUM_REDIS_URL", "redis://127.0.0.1:6379/abc"),
+    ("AGENSIUM_BROKER_URL", "rediss://redis:6380/0x1"),
     ("AGENSIUM_HEALTH_TIMEOUT", "0"),
     ("AGENSIUM_HEALTH_TIMEOUT", "-1"),
     ("AGENSIUM_HEALTH_TIMEOUT", "forever"),
@@ -193,3 +195,29 @@ def test_sdk_read_variables_give_our_one_line_not_the_sdk_traceback():
         assert len([x for x in result.stderr.splitlines() if env in x]) == 1, (env, result.stderr)
     # a batch size larger than the queue is clamped, not a failed start-up
     assert "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" not in result.stderr
+
+
+def test_bad_sampler_is_said_once_also_when_spans_are_exported():
+    """The fast encoder's first-batch check builds spans of its own: it must not read (and warn about)
+    the app's sampler a second time."""
+    app = (
+        "import otel_agensium; from opentelemetry import trace; h = otel_agensium.configure(); "
+        "trace.get_tracer('t').start_span('s').end(); h.force_flush(5000); print('exported')"
+    )
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", app],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": str(BIN),
+            "OTEL_TRACES_SAMPLER": "sometimes",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": refusing_endpoint(),
+            "AGENSIUM_LOGS": "false",
+            "AGENSIUM_SHUTDOWN_TIMEOUT": "1",
+        },
+    )
+    assert "exported" in result.stdout, result.stderr
+    said = [x for x in (result.stdout + result.stderr).splitlines() if "sometimes" in x or "sampler" in x.lower()]
+    assert len(said) == 1 and "OTEL_TRACES_SAMPLER='sometimes' is invalid" in said[0], result.stderr

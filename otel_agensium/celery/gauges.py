@@ -18,7 +18,7 @@ from typing import Any
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from .._probe import Probe
-from ..integration import Integration
+from ..integration import Integration, IntegrationError
 from ..redact import describe
 from .backlog import QueueFigures, RedisBacklog, read_figures, worker_concurrency
 from .metrics import (
@@ -174,17 +174,30 @@ class QueueGauges(Integration):
 def install_queue_gauges(app: Any, handle: Any = None, queues: Iterable[str] | None = None) -> QueueGauges | None:
     """Register the queue gauges for ``app`` on the meter provider of ``configure()``'s handle.
 
-    Returns None when metrics are off. Calling it again returns the installed gauges.
-    Run them in one process per deployment (``otel-agensium monitor``) or in a
-    single-replica app: every process that runs them reports the same broker-wide values.
+    Returns None when metrics are off, and before ``configure()`` (saying so in one warning line).
+    Calling it again for the same app returns the installed gauges; for another app it raises
+    :class:`IntegrationError` (one set of queue gauges per process). Run them in one process per
+    deployment (``otel-agensium monitor``) or in a single-replica app: every process that runs
+    them reports the same broker-wide values.
     """
     from ..bootstrap import current
 
     handle = handle or current()
-    if handle is None or handle.meter_provider is None:
+    if handle is None:
+        _log.warning(
+            "otel-agensium: install_queue_gauges() called before otel_agensium.configure(): no queue gauges "
+            "(call configure() first)"
+        )
+        return None
+    if handle.meter_provider is None:
         return None
     for integration in handle.integrations:
         if isinstance(integration, QueueGauges):
+            if integration.queues.app is not app:
+                raise IntegrationError(
+                    f"otel-agensium: the queue gauges are already installed for the Celery app "
+                    f"{integration.queues.app.main!r} ({integration.queues.broker}); one set per process"
+                )
             return integration
     settings = handle.settings
     watched = CeleryQueues(

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as _official
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -42,7 +44,17 @@ def probe_spans() -> list[ReadableSpan]:
     """A small batch that uses every part of the format: all value types, events, links,
     status with a description, remote and local parents, trace state, two scopes."""
     memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "otel-agensium-probe", "n": 3}))
+    # Everything given, nothing read from the environment: the app's sampler, limits, resource and
+    # meter provider are not the probe's business (a bad OTEL_TRACES_SAMPLER was said once already).
+    provider = TracerProvider(
+        sampler=ALWAYS_ON,
+        resource=Resource({"service.name": "otel-agensium-probe", "n": 3}),
+        shutdown_on_exit=False,
+        span_limits=SpanLimits(
+            *(128,) * 6, max_attribute_length=SpanLimits.UNSET, max_span_attribute_length=SpanLimits.UNSET
+        ),
+        meter_provider=NoOpMeterProvider(),
+    )
     provider.add_span_processor(SimpleSpanProcessor(memory))
     remote = SpanContext(
         0x5B8EFFF798038103D269B633813FC60C,
