@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 from celery import Celery
 
 from tests.otlp_receiver import wait_for
-from tests.procs import celery_worker
+from tests.procs import celery_worker, free_port
 
 QUEUE = "fork-imports"
 
@@ -25,15 +26,26 @@ QUEUE = "fork-imports"
 @pytest.fixture(scope="module")
 def watched(redis_server, receiver, tmp_path_factory):
     log = tmp_path_factory.mktemp("imports") / "imports.jsonl"
+    probe, scrape = free_port(), free_port()
     worker = celery_worker(
         "tests.apps.import_watch_app",
         redis_server.url,
         receiver.endpoint,
         QUEUE,
         name="fork-imports",
-        env={"TEST_IMPORT_LOG": str(log)},
+        env={
+            "TEST_IMPORT_LOG": str(log),
+            "AGENSIUM_WORKER_PROBE_PORT": str(probe),
+            "AGENSIUM_WORKER_PROBE_HOST": "127.0.0.1",
+            "AGENSIUM_PROMETHEUS_PORT": str(scrape),
+        },
+        # children recycled while the parent's threads run: more forks than the first two
+        extra_args=["--max-tasks-per-child", "2"],
     )
     try:
+        # the parent's other threads: the probe server and the Prometheus endpoint answer requests
+        for path in (f"{probe}/healthz", f"{probe}/readyz", f"{scrape}/metrics"):
+            assert httpx.get(f"http://127.0.0.1:{path}", timeout=10).status_code == 200, path
         app = Celery("fork-imports-client", broker=redis_server.url, backend=redis_server.url)
         results = [app.send_task("t.incr", ("agensium:test:fork-imports",), queue=QUEUE) for _ in range(4)]
         results += [app.send_task("t.fail", queue=QUEUE)]
