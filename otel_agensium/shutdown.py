@@ -11,7 +11,8 @@ socket that never answers). Here instead:
   own thread and stops waiting for it), every later one is not tried;
 * what was not sent is counted per signal and said in one line (:func:`report`);
 * in a prefork worker the budget is shared: once the main process has announced its
-  shutdown (Celery's ``worker_shutting_down``, :func:`worker_stopping`), each child that
+  shutdown (:func:`worker_stopping`, at Celery's ``worker_shutting_down`` and when the
+  worker's blueprint stops, before its pool: ``celery.AnnounceShutdown``), each child that
   flushes on its way out writes the seconds it spent into a page of shared memory the
   children inherited, and the main process's own final flush gets what the slowest child
   left of the budget. The children flush side by side, so the whole warm shutdown spends

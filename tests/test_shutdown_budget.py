@@ -254,3 +254,46 @@ def test_monitor_stops_within_budget_with_a_black_hole(redis_server):
     )
     assert code == 0, monitor.output[-3000:]
     assert len(dropped) == 1 and "metric points" in dropped[0], monitor.output[-3000:]
+
+
+@pytest.mark.parametrize("how", ["sigterm", "remote-control"])
+def test_a_stopping_worker_spends_the_budget_once_whoever_stops_it(redis_server, how):
+    """The children's final flushes and the main process's share one budget: with a black hole, the
+    children spend it all and the main process says how little they left. Stopped by SIGTERM, or by
+    ``celery control shutdown`` (a broadcast: Celery sends no ``worker_shutting_down`` for it)."""
+    import socket
+
+    from tests.apps import tasks_app
+
+    tasks_app.app.conf.broker_url = redis_server.url
+    tasks_app.app.conf.result_backend = redis_server.url
+    queue, name = f"shutdown-once-{how}", f"once-{how}"
+    with BlackHole() as hole:
+        worker = celery_worker(
+            "tests.apps.tasks_app",
+            redis_server.url,
+            hole.endpoint,
+            queue,
+            name=name,
+            concurrency=2,
+            env={"AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET), "OTEL_METRIC_EXPORT_INTERVAL": "600000"},
+        )
+        try:
+            assert [tasks_app.ok.apply_async((i,), queue=queue).get(timeout=BUDGET + MARGIN) for i in range(4)] == [
+                0,
+                1,
+                2,
+                3,
+            ]
+            if how == "remote-control":
+                tasks_app.app.control.shutdown(destination=[f"{name}@{socket.gethostname()}"])
+                code = worker.proc.wait(timeout=3 * BUDGET + MARGIN)
+            else:
+                code, _ = _stop_timed(worker)
+        finally:
+            worker.stop()
+    dropped = _drop_lines(worker)
+    print(f"\n[drill shutdown {how} blackhole] exit {code}; drop lines: {dropped}")
+    assert code == 0, worker.output[-3000:]
+    assert len(dropped) >= 2, worker.output[-3000:]  # the children's and the main process's
+    assert "of it left by the worker's children" in dropped[-1], dropped

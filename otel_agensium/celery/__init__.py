@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
-from celery import signals
+from celery import bootsteps, signals
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.trace import TracerProvider
@@ -51,6 +51,23 @@ from . import run_hook
 from .metrics import ProcessMetrics, TaskMetrics
 from .tracing import MAX_ARGS_REPR, TASK_ID_ATTRIBUTE, TASK_NAME_ATTRIBUTE, LeanCeleryTracing
 from .utils import SENT_AT_HEADER, BoundedLabels, queue_of
+
+
+class AnnounceShutdown(bootsteps.StartStopStep):
+    """Worker bootstep after the pool: a stopping worker announces its shutdown before the pool's children
+    flush, whoever stopped it (SIGTERM and SIGINT send ``worker_shutting_down`` first; a ``celery control
+    shutdown`` broadcast and a failed start do not), so the children and the main process share one budget.
+
+    The worker's blueprint closes and stops its steps newest first: this step before the pool.
+    """
+
+    label = "otel-agensium shutdown budget"
+    requires = ("celery.worker.components:Pool",)
+
+    def close(self, w: Any) -> None:
+        worker_stopping()
+
+    stop = terminate = shutdown = close
 
 
 class CeleryIntegration(Integration):
@@ -246,7 +263,12 @@ class CeleryIntegration(Integration):
 
     @guarded
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
-        """In the worker's main process, before the pool forks: register the per-process instruments."""
+        """In the worker's main process, before its blueprint is built and the pool forks: add the
+        shutdown step, register the per-process instruments."""
+        steps = sender.app.steps["worker"] if sender is not None else None
+        if steps is not None and AnnounceShutdown not in steps:
+            steps.add(AnnounceShutdown)
+            self.on_uninstall(lambda: steps.discard(AnnounceShutdown), "remove the AnnounceShutdown bootstep")
         if self.metrics is None or self.process_metrics is not None or not self.want_process_metrics:
             return
         hostname = str(getattr(sender, "hostname", "") or "unknown")
