@@ -3,10 +3,21 @@
 # cache outside the repository (OTELCOL_AGENSIUM_CACHE, default ~/.cache/otel-agensium), keyed
 # by a text and the Go version, and print its path.
 
-# require_go MESSAGE: exit 2 with "otel-agensium: MESSAGE" on stderr unless Go is on PATH.
+# require_go MESSAGE: exit 2 with "otel-agensium: MESSAGE" on stderr unless Go >= 1.25 is on PATH.
 require_go() {
+  local version major minor
   if ! command -v go >/dev/null 2>&1; then
     echo "otel-agensium: $1" >&2
+    exit 2
+  fi
+  version=$(go env GOVERSION 2>/dev/null || true)  # go1.26.8, go1.25rc1
+  version=${version#go}
+  major=${version%%.*}
+  minor=${version#*.}
+  minor=${minor%%[!0-9]*}
+  major=${major%%[!0-9]*}
+  if [ -z "$major" ] || [ -z "$minor" ] || [ "$major" -lt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -lt 25 ]; }; then
+    echo "otel-agensium: $1 (found go ${version:-of unknown version})" >&2
     exit 2
   fi
 }
