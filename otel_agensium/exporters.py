@@ -40,6 +40,8 @@ _log = logging.getLogger("otel_agensium")
 
 # One warning per minute at most when an export fails (endpoint down, refused, ...).
 _WARN_EVERY_SECONDS = 60.0
+# A running export is called stalled after twice its timeout plus this (retries, a slow start).
+STALL_MARGIN_SECONDS = 5.0
 
 
 class _ExportFailures:
@@ -111,10 +113,12 @@ class _PerProcessExporter:
 
     _instances: weakref.WeakSet[_PerProcessExporter] = weakref.WeakSet()
 
-    def __init__(self, factory: Callable[[], Any], signal: str, endpoint: str) -> None:
+    def __init__(self, factory: Callable[[], Any], signal: str, endpoint: str, timeout: float = 10.0) -> None:
         self._factory = factory
         self._signal = signal
         self._endpoint = endpoint
+        # An export still running this long after it began is past its own timeout and retries.
+        self._stall_after = 2 * timeout + STALL_MARGIN_SECONDS
         self._inner: Any = factory()  # on the configuring thread: imports what its exports need
         self._pid = os.getpid()
         self._closed = False
@@ -141,7 +145,11 @@ class _PerProcessExporter:
         """
         batch = args[0] if args else next(iter(kwargs.values()), ())
         outcome = call_within_budget(
-            lambda: self._get().export(*args, **kwargs), f"otel-agensium-{self._signal}-export", give_up=self.shutdown
+            lambda: self._get().export(*args, **kwargs),
+            f"otel-agensium-{self._signal}-export",
+            give_up=self.shutdown,
+            stall_after=self._stall_after,
+            stalled=self._stalled,
         )
         result = outcome[0] if outcome else self._FAILURE
         if result is not self._SUCCESS:
@@ -150,6 +158,17 @@ class _PerProcessExporter:
             else:
                 BUDGET.drop(self._signal, count_items(batch))
         return result
+
+    def _stalled(self, seconds: float) -> None:
+        _log.warning(
+            "otel-agensium: a %s export to %s has not returned after %.0f s, past its timeout (an endpoint "
+            "that keeps the connection open and trickles bytes, or a stuck process); this process's %ss "
+            "wait behind it and are dropped once their queue is full, the application is not affected",
+            self._signal,
+            self._endpoint,
+            seconds,
+            self._signal,
+        )
 
     def shutdown(self, *args: Any, **kwargs: Any) -> None:
         if self._inner is not None and self._pid == os.getpid() and not self._closed:
@@ -168,8 +187,8 @@ class PerProcessSpanExporter(_PerProcessExporter, SpanExporter):
 
 
 class PerProcessMetricExporter(_PerProcessExporter, MetricExporter):
-    def __init__(self, factory: Callable[[], Any], signal: str, endpoint: str) -> None:
-        _PerProcessExporter.__init__(self, factory, signal, endpoint)
+    def __init__(self, factory: Callable[[], Any], signal: str, endpoint: str, timeout: float = 10.0) -> None:
+        _PerProcessExporter.__init__(self, factory, signal, endpoint, timeout)
         MetricExporter.__init__(  # temporality/aggregation preferences come from the real exporter
             self,
             preferred_temporality=self._inner._preferred_temporality,
@@ -209,15 +228,20 @@ def _exporter(
 ) -> Any:
     """An OTLP exporter for one signal, created once per process by ``wrapper``.
 
-    ``http_class``/``grpc_class`` import the exporter class lazily: the gRPC package is optional.
+    ``http_class``/``grpc_class`` import the exporter class when it is created: the gRPC package
+    is optional.
     """
+    timeout = settings.export_timeout
     if settings.protocol == "grpc":
         return wrapper(
-            lambda: grpc_class()(endpoint=settings.endpoint, headers=settings.headers), signal, settings.endpoint
+            lambda: grpc_class()(endpoint=settings.endpoint, headers=settings.headers),
+            signal,
+            settings.endpoint,
+            timeout,
         )
     url = f"{settings.endpoint}/v1/{path}"
     options = http_exporter_options(settings)
-    return wrapper(lambda: http_class()(endpoint=url, **options), signal, url)
+    return wrapper(lambda: http_class()(endpoint=url, **options), signal, url, timeout)
 
 
 def span_exporter(settings: Settings) -> SpanExporter:

@@ -161,23 +161,35 @@ def in_thread(target: Callable[[], Any], name: str) -> threading.Event:
     return done
 
 
-def call_within_budget(call: Callable[[], Any], name: str, give_up: Callable[[], Any]) -> list[Any]:
+def call_within_budget(
+    call: Callable[[], Any],
+    name: str,
+    give_up: Callable[[], Any],
+    stall_after: float | None = None,
+    stalled: Callable[[float], Any] | None = None,
+) -> list[Any]:
     """``[call()]`` run in a thread of its own; ``[]`` when it failed or was given up.
 
     The caller (an exporter's, from a processor's or reader's thread, never the app's)
     waits as long as the call takes while the process runs; once the final flush has
     begun, no longer than its deadline, then calls ``give_up`` (the exporter's shutdown
     ends its retry sleeps; a request on the wire runs out alone). After the deadline
-    nothing is tried.
+    nothing is tried. A call still running ``stall_after`` seconds after it started
+    (past its own timeouts: an endpoint that trickles bytes, a process stuck) is told to
+    ``stalled(seconds)`` once, and still waited for: everything behind it waits too.
     """
     outcome: list[Any] = []
     if BUDGET.expired():
         return outcome
+    started = time.monotonic()
     done = in_thread(lambda: outcome.append(call()), name)
     while not done.wait(POLL_SECONDS if BUDGET.deadline is None else max(0.0, BUDGET.deadline - time.monotonic())):
         if BUDGET.expired():
             give_up()
             break
+        if stalled is not None and stall_after is not None and time.monotonic() - started >= stall_after:
+            stalled(time.monotonic() - started)
+            stalled = None
     return outcome[:1]
 
 

@@ -56,6 +56,46 @@ class BlackHole:
             conn.close()
 
 
+class Trickle:
+    """A TCP endpoint that reads the request, then answers one byte every ``every`` seconds, forever:
+    a client's read timeout (time between bytes) never fires, so the request never ends."""
+
+    def __init__(self, every: float = 0.3) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(128)
+        self.endpoint = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.every = every
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(1.0)
+            with contextlib.suppress(OSError):
+                conn.recv(65536)
+            while not self._closed.wait(self.every):
+                try:
+                    conn.sendall(b"H")
+                except OSError:
+                    return
+
+    def __enter__(self) -> Trickle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed.set()
+        self._sock.close()
+
+
 def refusing_endpoint() -> str:
     """A free port nobody listens on: every connection is refused."""
     return f"http://127.0.0.1:{free_port()}"

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tests.otlp_receiver import Receiver, wait_for
-from tests.procs import BIN, BlackHole, Proc, celery_worker, refusing_endpoint, uvicorn_app
+from tests.procs import BIN, BlackHole, Proc, Trickle, celery_worker, refusing_endpoint, uvicorn_app
 
 BUDGET = 2.0  # AGENSIUM_SHUTDOWN_TIMEOUT in these tests; the export timeout stays at its 10 s default
 MARGIN = 10.0  # machines are noisy: the bound is generous, the figures are printed
@@ -297,3 +297,40 @@ def test_a_stopping_worker_spends_the_budget_once_whoever_stops_it(redis_server,
     assert code == 0, worker.output[-3000:]
     assert len(dropped) >= 2, worker.output[-3000:]  # the children's and the main process's
     assert "of it left by the worker's children" in dropped[-1], dropped
+
+
+STALL_APP = r"""
+import time
+import otel_agensium
+from opentelemetry import trace
+otel_agensium.configure()
+trace.get_tracer("t").start_span("s").end()
+time.sleep(9.0)  # the span's export is stalled after 2 x 1 s + 5 s
+print("app done", flush=True)
+"""
+
+
+def test_an_export_that_never_ends_is_said_once_and_the_app_exits_on_time():
+    """An endpoint that keeps answering one byte at a time: the export's read timeout never fires.
+    One warning line says the export is stalled (not silence); the app stops within the budget."""
+    with Trickle() as trickle:
+        app = Proc(
+            [str(BIN / "python"), "-c", STALL_APP],
+            name="app-trickle",
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": trickle.endpoint,
+                "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+                "AGENSIUM_METRICS": "false",
+                "AGENSIUM_LOGS": "false",
+                "AGENSIUM_SHUTDOWN_TIMEOUT": str(BUDGET),
+            },
+        )
+        try:
+            code = app.proc.wait(9.0 + BUDGET + MARGIN)
+        finally:
+            app.stop()
+    stalled = [line for line in app.lines if "has not returned after" in line]
+    print(f"\n[drill stalled export] {stalled}; {_drop_lines(app)}")
+    assert code == 0 and "app done" in app.output, app.output[-3000:]
+    assert len(stalled) == 1 and "a span export to " in stalled[0], app.output[-3000:]
