@@ -28,8 +28,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class BlackHole:
-    """A TCP endpoint that accepts connections and never reads or answers (a hung Collector, a partition)."""
+class _Listener:
+    """A TCP endpoint on a free port whose accepted connections go to :meth:`_handle`."""
 
     def __init__(self) -> None:
         self._sock = socket.socket()
@@ -37,35 +37,6 @@ class BlackHole:
         self._sock.listen(128)
         self.endpoint = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
         self.accepted: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:  # closed
-                return
-            self.accepted.append(conn)  # held open, never read
-
-    def __enter__(self) -> BlackHole:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._sock.close()
-        for conn in self.accepted:
-            conn.close()
-
-
-class Trickle:
-    """A TCP endpoint that reads the request, then answers one byte every ``every`` seconds, forever:
-    a client's read timeout (time between bytes) never fires, so the request never ends."""
-
-    def __init__(self, every: float = 0.3) -> None:
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(128)
-        self.endpoint = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self.every = every
         self._closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -75,25 +46,49 @@ class Trickle:
                 conn, _ = self._sock.accept()
             except OSError:  # closed
                 return
-            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+            self.accepted.append(conn)
+            self._handle(conn)
 
-    def _trickle(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(1.0)
-            with contextlib.suppress(OSError):
-                conn.recv(65536)
-            while not self._closed.wait(self.every):
-                try:
-                    conn.sendall(b"H")
-                except OSError:
-                    return
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> Trickle:
+    def __enter__(self) -> _Listener:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._closed.set()
         self._sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+class BlackHole(_Listener):
+    """A TCP endpoint that accepts connections and never reads or answers (a hung Collector, a partition)."""
+
+    def _handle(self, conn: socket.socket) -> None:
+        pass  # held open, never read
+
+
+class Trickle(_Listener):
+    """A TCP endpoint that reads the request, then answers one byte every ``every`` seconds, forever:
+    a client's read timeout (time between bytes) never fires, so the request never ends."""
+
+    def __init__(self, every: float = 0.3) -> None:
+        self.every = every
+        super().__init__()
+
+    def _handle(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        conn.settimeout(1.0)
+        with contextlib.suppress(OSError):
+            conn.recv(65536)
+        while not self._closed.wait(self.every):
+            try:
+                conn.sendall(b"H")
+            except OSError:
+                return
 
 
 def refusing_endpoint() -> str:

@@ -14,7 +14,7 @@ import pytest
 
 import otel_agensium
 from otel_agensium import settings
-from tests.procs import BIN, ROOT, free_port, refusing_endpoint, run_cli
+from tests.procs import BIN, ROOT, refusing_endpoint, run_cli
 
 BAD: list[tuple[str, str]] = [
     ("OTEL_SDK_DISABLED", "maybe"),
@@ -157,6 +157,23 @@ def test_strict_mode_refuses_to_start_in_one_line():
     assert lines[0].endswith("not starting (AGENSIUM_STRICT=true)") and "using default" not in lines[0]
 
 
+def _one_span_app(then: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """An app that configures, ends one span and runs ``then`` (``h`` is the handle), exporting to a
+    port nobody listens on, with ``env`` and nothing else of this environment."""
+    code = (
+        "import otel_agensium; from opentelemetry import trace; h = otel_agensium.configure(); "
+        f"trace.get_tracer('t').start_span('s').end(); {then}"
+    )
+    return subprocess.run(
+        [str(BIN / "python"), "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(BIN), "OTEL_EXPORTER_OTLP_ENDPOINT": refusing_endpoint(), **env},
+    )
+
+
 def test_sdk_read_variables_give_our_one_line_not_the_sdk_traceback():
     """The batch-processor and exporter variables are validated here and passed to the SDK explicitly."""
     bad = {
@@ -166,22 +183,8 @@ def test_sdk_read_variables_give_our_one_line_not_the_sdk_traceback():
         "OTEL_EXPORTER_OTLP_COMPRESSION": "zip",
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "99999",
     }
-    code = (
-        "import otel_agensium; from opentelemetry import trace; h = otel_agensium.configure(); "
-        "trace.get_tracer('t').start_span('s').end(); print('app running, telemetry', h.enabled); h.shutdown()"
-    )
-    result = subprocess.run(
-        [str(BIN / "python"), "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={
-            "PATH": str(BIN),
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
-            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
-            **bad,
-        },
+    result = _one_span_app(
+        "print('app running, telemetry', h.enabled); h.shutdown()", {"OTEL_EXPORTER_OTLP_TIMEOUT": "1", **bad}
     )
     assert result.returncode == 0, result.stderr
     assert "app running, telemetry True" in result.stdout
@@ -200,23 +203,9 @@ def test_sdk_read_variables_give_our_one_line_not_the_sdk_traceback():
 def test_bad_sampler_is_said_once_also_when_spans_are_exported():
     """The fast encoder's first-batch check builds spans of its own: it must not read (and warn about)
     the app's sampler a second time."""
-    app = (
-        "import otel_agensium; from opentelemetry import trace; h = otel_agensium.configure(); "
-        "trace.get_tracer('t').start_span('s').end(); h.force_flush(5000); print('exported')"
-    )
-    result = subprocess.run(
-        [str(BIN / "python"), "-c", app],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={
-            "PATH": str(BIN),
-            "OTEL_TRACES_SAMPLER": "sometimes",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": refusing_endpoint(),
-            "AGENSIUM_LOGS": "false",
-            "AGENSIUM_SHUTDOWN_TIMEOUT": "1",
-        },
+    result = _one_span_app(
+        "h.force_flush(5000); print('exported')",
+        {"OTEL_TRACES_SAMPLER": "sometimes", "AGENSIUM_LOGS": "false", "AGENSIUM_SHUTDOWN_TIMEOUT": "1"},
     )
     assert "exported" in result.stdout, result.stderr
     said = [x for x in (result.stdout + result.stderr).splitlines() if "sometimes" in x or "sampler" in x.lower()]
