@@ -7,11 +7,13 @@ Its runs must still be counted and traced, exactly.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from celery import Celery
 
 from tests.otlp_receiver import Receiver, wait_for
-from tests.procs import BIN, Proc
+from tests.procs import BIN, Proc, run_json
 
 QUEUE = "late"
 
@@ -61,3 +63,60 @@ def test_runs_from_a_configure_in_worker_process_init_are_traced(late_worker):
     )
     assert sorted(s["name"] for s in runs) == ["run/late.fail"] * 2 + ["run/late.ok"] * 5
     assert len({s["attributes"]["celery.task_id"] for s in runs}) == 7
+
+
+_EAGER = r"""
+import json
+from celery import Celery
+import otel_agensium
+
+h = otel_agensium.configure(service_name="eager", metric_export_interval=60000, logs=False)
+app = Celery("eager", broker="memory://", backend="cache+memory://")
+app.conf.task_always_eager = True
+app.conf.task_eager_propagates = True
+
+@app.task(name="eager.boom")
+def boom():
+    raise ValueError("eager boom")
+
+@app.task(name="eager.ok")
+def ok():
+    return 1
+
+raised = 0
+for call in (boom.delay, lambda: boom.apply(throw=True)):
+    try:
+        call()
+    except ValueError:
+        raised += 1
+ok.delay()
+h.shutdown()
+print(json.dumps({"raised": raised}))
+"""
+
+
+def test_an_eager_run_that_propagates_its_exception_is_a_failure(tmp_path):
+    """task_always_eager + task_eager_propagates (a unit-test set-up): Celery's tracer re-raises the
+    task's exception before storing it and sends no task_failure. The run span is still an error and
+    the failure is counted, as on a worker."""
+    with Receiver() as receiver:
+        out, _ = run_json([sys.executable, "-c", _EAGER], {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
+        assert out["raised"] == 2
+        runs = wait_for(
+            lambda: (lambda r: r if len(r) == 3 else None)(
+                [s for s in receiver.spans() if s["name"].startswith("run/eager.")]
+            ),
+            timeout=30,
+        )
+        failed = wait_for(lambda: receiver.totals("celery_tasks_failed"), timeout=30)
+        succeeded = receiver.totals("celery_tasks_succeeded")
+        exceptions = receiver.totals("celery_task_exceptions")
+        durations = receiver.totals("celery_task_duration_seconds")
+    booms = [s for s in runs if s["name"] == "run/eager.boom"]
+    assert len(booms) == 2 and all(s["status"][0] == 2 for s in booms), booms  # ERROR
+    assert all([name for name, _ in s["events"]] == ["exception"] for s in booms), booms
+    assert [s["status"][0] for s in runs if s["name"] == "run/eager.ok"] == [0]
+    assert {dict(k)["task_name"]: v for k, v in failed.items()} == {"eager.boom": 2}
+    assert {dict(k)["task_name"]: v for k, v in succeeded.items()} == {"eager.ok": 1}
+    assert sum(exceptions.values()) == 2
+    assert sum(durations.values()) == 3

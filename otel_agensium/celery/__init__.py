@@ -40,9 +40,10 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from celery import bootsteps, signals
+from celery.exceptions import Retry
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
-from opentelemetry.trace import TracerProvider
+from opentelemetry.trace import Status, StatusCode, TracerProvider
 
 from ..errors import guarded, report
 from ..integration import Integration
@@ -173,9 +174,12 @@ class CeleryIntegration(Integration):
         started = time.perf_counter()
         try:
             result = inner(task_id, args, kwargs, request)
-        except BaseException:
-            if span is not None:
-                tracing.end_run(task_id)  # type: ignore[union-attr]
+        except BaseException as exc:
+            try:
+                self._raised(task, exc, span, attrs, time.perf_counter() - started)
+            finally:
+                if span is not None:
+                    tracing.end_run(task_id)  # type: ignore[union-attr]
             raise
         try:
             if attrs is not None:
@@ -188,6 +192,25 @@ class CeleryIntegration(Integration):
             if span is not None:
                 tracing.end_run(task_id)  # type: ignore[union-attr]
         return result
+
+    def _raised(self, task: Any, exc: BaseException, span: Any, attrs: Any, seconds: float) -> None:
+        """Celery's tracer raised instead of returning the outcome: an eager run that propagates
+        (``task_always_eager`` with ``task_eager_propagates``, ``apply(throw=True)``) re-raises the
+        task's exception before storing it, and sends no ``task_failure``; so the outcome is
+        recorded here, as the worker records it."""
+        if not isinstance(exc, Exception):
+            return  # SystemExit, KeyboardInterrupt...: the process is going away, not the task failing
+        try:
+            retry = isinstance(exc, Retry)
+            if span is not None and not retry and not isinstance(exc, tuple(getattr(task, "throws", ()) or ())):
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+            if attrs is not None and self.metrics is not None:
+                self.metrics.count_outcome("RETRY" if retry else "FAILURE", attrs, seconds)
+                if not retry:
+                    self.metrics.exceptions.add(1, self.labels.exception_attributes(task.name, exc))
+        except Exception:  # noqa: BLE001 - the task's exception goes on regardless
+            report("CeleryIntegration.run.metrics")
 
     # -- signal handlers -------------------------------------------------------------
     @guarded
