@@ -8,7 +8,9 @@ instrumentor and runs a command with instrumentation suppressed when
 
 * no span is active (polling, acks and heartbeats run outside any trace), or
 * the current span is a Celery publish span (the message send itself), or
-* its first key is one of Celery's or kombu's own.
+* its first key is one of Celery's or kombu's own (for ``EVALSHA`` and the other script
+  calls, the first of their keys: the result backend's chord bookkeeping), or it loads
+  one of the result backend's Lua scripts (``SCRIPT LOAD``).
 
 Everything else (the task's own Redis calls) is traced. A single command gets a lean
 CLIENT span made here (:func:`_traced_command`): named after the command as the contrib
@@ -57,6 +59,41 @@ def is_celery_key(key: Any) -> bool:
     return False
 
 
+# Commands whose first key is not their first argument: EVALSHA sha numkeys key [key ...].
+_SCRIPT_CALLS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
+_celery_scripts: frozenset[Any] | None = None
+
+
+def _is_celery_script(script: Any) -> bool:
+    """The Lua of Celery's Redis result backend (its chord bookkeeping), as ``SCRIPT LOAD`` sends it."""
+    global _celery_scripts
+    if _celery_scripts is None:
+        try:
+            from celery.backends import redis as backend
+
+            texts = [v for k, v in vars(backend).items() if k.endswith("_LUA") and isinstance(v, str)]
+        except ImportError:
+            texts = []
+        _celery_scripts = frozenset(texts + [t.encode() for t in texts])
+    return isinstance(script, (str, bytes)) and script in _celery_scripts
+
+
+def is_celery_command(command_args: tuple[Any, ...]) -> bool:
+    """Celery's or kombu's own command: its first key is theirs (for a script call, the first of
+    its KEYS), or it loads one of the result backend's scripts."""
+    if len(command_args) < 2:
+        return False
+    command = command_args[0]
+    if command in _SCRIPT_CALLS:
+        try:
+            return int(command_args[2]) > 0 and is_celery_key(command_args[3])
+        except (IndexError, TypeError, ValueError):
+            return False
+    if command == "SCRIPT LOAD":
+        return _is_celery_script(command_args[1])
+    return is_celery_key(command_args[1])
+
+
 def should_trace(command_args: tuple[Any, ...]) -> bool:
     span = trace.get_current_span()
     if not span.get_span_context().is_valid:
@@ -64,7 +101,7 @@ def should_trace(command_args: tuple[Any, ...]) -> bool:
     name = getattr(span, "name", "")
     if name.startswith(PUBLISH_SPAN_PREFIX):
         return False
-    return not (len(command_args) > 1 and is_celery_key(command_args[1]))
+    return not is_celery_command(command_args)
 
 
 def _call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], trace_it: bool) -> Any:

@@ -2,7 +2,8 @@
 
 Outside any trace nothing is traced, a pipeline with a Lua script included (it sends SCRIPT
 EXISTS on its own, through ``Pipeline.immediate_execute_command``); inside a span the task's
-single commands get lean CLIENT spans and Celery's own keys none.
+single commands get lean CLIENT spans and Celery's own keys none, script calls on them and the
+result backend's scripts included.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def workload(tag):
     pipe.incr(f"rt:{tag}:piped")
     pipe.execute()
     client.hset("unacked", f"rt:{tag}", 1)  # kombu's own key: never traced
+    incr_by(keys=[f"rt:{tag}:direct"], args=[3])  # the app's own script call: EVALSHA on its key
+    # a script call on the result backend's group keys (its chord bookkeeping): never traced
+    incr_by(keys=[f"celery-taskset-meta-rt-{tag}.j"], args=[1])
+    from celery.backends.redis import CHORD_PART_RETURN_LUA
+    client.script_load(CHORD_PART_RETURN_LUA)  # loading the backend's script: never traced
 
 client.script_flush()
 workload("outside")
@@ -52,6 +58,7 @@ def test_only_calls_inside_a_trace_get_spans(redis_server):
     assert all(s["trace_id"] == report["trace_id"] for s in spans), [(s["name"], s["parent_span_id"]) for s in spans]
     names = sorted(s["name"] for s in spans if s["name"] != "run/rt")
     # SCRIPT FLUSH, SET, the pipeline's own SCRIPT EXISTS and SCRIPT LOAD (lean spans, as single
-    # commands), and the pipeline itself (contrib's span, named after its commands).
-    assert names == ["EVALSHA INCRBY", "SCRIPT EXISTS", "SCRIPT FLUSH", "SCRIPT LOAD", "SET"], names
-    assert len(spans) == 6
+    # commands), the pipeline itself (contrib's span, named after its commands) and the app's own
+    # EVALSHA; none for the script call on Celery's keys or the load of Celery's script.
+    assert names == ["EVALSHA", "EVALSHA INCRBY", "SCRIPT EXISTS", "SCRIPT FLUSH", "SCRIPT LOAD", "SET"], names
+    assert len(spans) == 7
