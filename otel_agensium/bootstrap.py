@@ -123,6 +123,7 @@ def configure(**overrides: Any) -> Handle:
     settings = load(overrides)
     with _lock:
         if _handle is not None:
+            _say_ignored(_handle, settings, overrides)
             return _handle
         for line in settings.problems:
             _log.warning("otel-agensium: %s", line)
@@ -134,6 +135,56 @@ def configure(**overrides: Any) -> Handle:
             )
             _handle = Handle(load({"sdk_disabled": True}))
         return _handle
+
+
+_said: set[str] = set()  # what _say_ignored said already in this process (once each)
+
+
+def _say_ignored(handle: Handle, settings: Settings, overrides: dict[str, Any]) -> None:
+    """A later ``configure()`` changes nothing; say so once when it asked for something else."""
+    if handle._shut and "shut" not in _said:  # noqa: SLF001
+        _said.add("shut")
+        _log.warning(
+            "otel-agensium: configure() called after shutdown(): telemetry stays off in this process "
+            "(it is set up once per process)"
+        )
+        return
+    changed = sorted(
+        name
+        for name in overrides
+        if overrides[name] is not None and settings.values[name] != handle.settings.values[name]
+    )
+    if changed and "changed" not in _said:
+        _said.add("changed")
+        _log.warning(
+            "otel-agensium: configure() was already called in this process (by opentelemetry-instrument, or "
+            "earlier in the app); its settings stay and these arguments are ignored: %s",
+            ", ".join(changed),
+        )
+
+
+def _proxy_meter_provider_type() -> type:
+    """The API's placeholder meter provider (what ``get_meter_provider()`` returns until one is set)."""
+    try:
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # another API version: every provider counts as a placeholder, the SDK says the rest
+        return object
+    return _ProxyMeterProvider
+
+
+def _say_if_provider_set(kind: str, current: Any, proxy_type: type) -> bool:
+    """True when the app set a global ``kind`` provider before ``configure()``, said in one line."""
+    if isinstance(current, proxy_type):
+        return False
+    _log.warning(
+        "otel-agensium: a %s (%s) was set before configure(); OpenTelemetry keeps the first one, so "
+        "otel-agensium's telemetry (Celery, Redis, FastAPI) goes through its own provider and exporter while "
+        "the app's goes through the one already set, and a trace can end up split between them. Call "
+        "configure() first and use the global providers it sets.",
+        kind,
+        type(current).__name__,
+    )
+    return True
 
 
 def _build(settings: Settings) -> Handle:
@@ -155,11 +206,13 @@ def _build_into(handle: Handle) -> None:
     resource = providers.build_resource(settings)
     if settings.traces:
         handle.tracer_provider = providers.build_tracer_provider(settings, resource)
-        trace.set_tracer_provider(handle.tracer_provider)
+        if not _say_if_provider_set("TracerProvider", trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            trace.set_tracer_provider(handle.tracer_provider)
     if settings.metrics:
         readers = [r for r in (providers.prometheus_reader(settings),) if r is not None]
         handle.meter_provider = providers.build_meter_provider(settings, resource, readers)
-        metrics.set_meter_provider(handle.meter_provider)
+        if not _say_if_provider_set("MeterProvider", metrics.get_meter_provider(), _proxy_meter_provider_type()):
+            metrics.set_meter_provider(handle.meter_provider)
         meter_provider = handle.meter_provider
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=lambda: fork.reset_metric_state_after_fork(meter_provider))

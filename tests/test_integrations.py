@@ -203,3 +203,50 @@ def test_queue_gauges_before_configure_and_for_a_second_app_say_so(redis_server)
     assert [line for line in out["said"] if "install_queue_gauges() called before" in line], out["said"]
     assert out["installed"] and out["same"]
     assert out["refused"] and "already installed for the Celery app 'first'" in out["refused"], out
+
+
+_AGAIN = r"""
+import json, logging, sys
+said = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        said.append(record.getMessage())
+logging.getLogger().addHandler(Keep())
+logging.getLogger().setLevel(logging.WARNING)
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+import otel_agensium
+
+if sys.argv[1] == "own-providers":
+    trace.set_tracer_provider(TracerProvider())
+    metrics.set_meter_provider(MeterProvider())
+    h = otel_agensium.configure(otlp=False, logs=False)
+    out = {"ours_global": trace.get_tracer_provider() is h.tracer_provider}
+else:
+    h = otel_agensium.configure(service_name="first", otlp=False, logs=False)
+    again = otel_agensium.configure(service_name="second", traces=False)
+    otel_agensium.configure(service_name="second", traces=False)  # said once, not per call
+    otel_agensium.configure()  # nothing asked: nothing to say
+    h.shutdown()
+    after = otel_agensium.configure(service_name="third")
+    out = {"same": again is h and after is h, "service": h.settings.service_name}
+print(json.dumps({**out, "said": said}))
+"""
+
+
+def test_a_provider_set_before_configure_is_said_in_one_line_per_signal():
+    out, _ = run_json([sys.executable, "-c", _AGAIN, "own-providers"])
+    assert out["ours_global"] is False
+    lines = [line for line in out["said"] if "was set before configure()" in line]
+    assert len(lines) == 2 and "a TracerProvider (TracerProvider)" in lines[0] and "MeterProvider" in lines[1], out
+    assert not [line for line in out["said"] if "Overriding of current" in line], out  # not the SDK's too
+
+
+def test_configure_again_says_once_what_it_ignores():
+    out, _ = run_json([sys.executable, "-c", _AGAIN, "again"])
+    assert out["same"] and out["service"] == "first"
+    ignored = [line for line in out["said"] if "these arguments are ignored" in line]
+    assert len(ignored) == 1 and ignored[0].endswith("ignored: service_name, traces"), out
+    assert len([line for line in out["said"] if "configure() called after shutdown()" in line]) == 1, out
