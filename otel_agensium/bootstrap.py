@@ -271,6 +271,7 @@ def _install_integrations(handle: Handle) -> None:
                 record_task_args=settings.record_task_args,
                 process_metrics=settings.process_metrics,
                 instrumentation=settings.celery_instrumentation,
+                prometheus_port=settings.prometheus_port,
             ),
         )
         _install_celery_extras(handle)

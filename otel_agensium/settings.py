@@ -149,7 +149,11 @@ class Settings:
     logs: bool = _row(None, True, _bool, "Install the JSON log handler and export log records over OTLP.")
     otlp: bool = _row(None, True, _bool, "Send telemetry over OTLP (off: Prometheus pull endpoint and JSON logs only).")
     prometheus_port: int = _row(
-        None, 0, _int_range(0, 65535), "Serve /metrics on this port (0: off). Single-process apps."
+        None,
+        0,
+        _int_range(0, 65535),
+        "Serve /metrics on this port (0: off). Single-process apps: a prefork worker serves its main "
+        "process only (said in a warning line).",
     )
     prometheus_host: str = _row(None, "127.0.0.1", _text, "Address the Prometheus pull endpoint binds to.")
     http_instrumentation: str = _row(

@@ -63,8 +63,17 @@ def watched(redis_server, receiver, tmp_path_factory):
         wait_for(lambda: len(receiver.metrics) >= 6, timeout=30)
     finally:
         worker.stop()
-    yield [tuple(json.loads(line)) for line in log.read_text().splitlines()]
+    yield [tuple(json.loads(line)) for line in log.read_text().splitlines()], worker.output
 
 
 def test_the_worker_parent_imports_nothing_off_its_main_thread(watched):
-    assert watched == [], "modules first imported off the main thread (thread, module): " + repr(sorted(set(watched)))
+    imports, _ = watched
+    assert imports == [], "modules first imported off the main thread (thread, module): " + repr(sorted(set(imports)))
+
+
+def test_a_prometheus_port_on_a_prefork_worker_says_what_it_misses(watched):
+    """AGENSIUM_PROMETHEUS_PORT serves the main process only: one warning line says the children's
+    task outcomes are not on it (tests/test_prometheus_pull.py: none with --pool solo)."""
+    _, output = watched
+    assert output.count("AGENSIUM_PROMETHEUS_PORT=") == 1, output[-3000:]
+    assert "serves this worker's main process only" in output

@@ -42,6 +42,7 @@ def scrape(redis_server):
         )
     finally:
         worker.stop()
+    assert "serves this worker's main process only" not in worker.output  # solo: the one process runs the tasks
 
 
 def test_exact_prometheus_names_and_labels(scrape):

@@ -34,6 +34,7 @@ exists (it adds ``celery.task_id``/``celery.task_name``).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,8 @@ from . import run_hook
 from .metrics import ProcessMetrics, TaskMetrics
 from .tracing import MAX_ARGS_REPR, TASK_ID_ATTRIBUTE, TASK_NAME_ATTRIBUTE, LeanCeleryTracing
 from .utils import SENT_AT_HEADER, BoundedLabels, queue_of
+
+_log = logging.getLogger("otel_agensium")
 
 
 class AnnounceShutdown(bootsteps.StartStopStep):
@@ -85,8 +88,10 @@ class CeleryIntegration(Integration):
         record_task_args: bool = False,
         process_metrics: bool = True,
         instrumentation: str = "lean",
+        prometheus_port: int = 0,
     ) -> None:
         super().__init__()
+        self.prometheus_port = prometheus_port  # AGENSIUM_PROMETHEUS_PORT: said at worker_init if it misses children
         self.metrics = TaskMetrics.create(meter_provider) if meter_provider is not None else None
         self.tracer_provider = tracer_provider
         self.labels = BoundedLabels(max_task_names)
@@ -292,6 +297,14 @@ class CeleryIntegration(Integration):
         if steps is not None and AnnounceShutdown not in steps:
             steps.add(AnnounceShutdown)
             self.on_uninstall(lambda: steps.discard(AnnounceShutdown), "remove the AnnounceShutdown bootstep")
+        pool = str(getattr(sender, "pool_cls", "") or "")
+        if self.prometheus_port and self.metrics is not None and ("prefork" in pool or "processes" in pool):
+            _log.warning(
+                "otel-agensium: AGENSIUM_PROMETHEUS_PORT=%d serves this worker's main process only: the task "
+                "outcomes and durations its prefork children record are not on it; export them over OTLP "
+                "(the Collector's Prometheus endpoint has every process's series), or run --pool solo or threads",
+                self.prometheus_port,
+            )
         if self.metrics is None or self.process_metrics is not None or not self.want_process_metrics:
             return
         hostname = str(getattr(sender, "hostname", "") or "unknown")
