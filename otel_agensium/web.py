@@ -13,6 +13,9 @@ Two implementations, chosen by ``AGENSIUM_HTTP_INSTRUMENTATION``:
 ``contrib``
     ``opentelemetry-instrumentation-fastapi`` (without its ASGI send/receive spans).
 
+A FastAPI app mounted in another is measured once, by the outermost app's middleware, under
+the whole route template (the mount paths before the sub-app's route).
+
 FastAPI's own native telemetry (``FastAPI(telemetry=...)``) is turned off by default
 for apps that do not configure it, so a request never gets two server spans.
 Apps created before ``configure()`` are covered as long as they have not served a
@@ -23,6 +26,7 @@ server starts them); otherwise call ``otel_agensium.instrument_app(app)``.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -132,6 +136,48 @@ def _call_with_flush_at_shutdown(wrapped: Any, instance: Any, args: tuple, kwarg
     return wrapped(*args, **kwargs)
 
 
+# Set in the ASGI scope by the outermost LeanASGIMiddleware of a request: (its app, the root_path then).
+_MEASURED = "otel_agensium.measured"
+_mounts: dict[tuple[int, int], list[tuple[str, re.Pattern[str]]]] = {}
+
+
+def _mount_path(outer: Any, inner: Any, prefix: str) -> str:
+    """The path template under which ``inner`` is mounted in ``outer`` (``/v1``, ``/users/{uid}``,
+    through nested mounts) that matches ``prefix``, the concrete path the mounts consumed; "" when
+    none does. The candidates are found once per pair (the route table is fixed once serving)."""
+    key = (id(outer), id(inner))
+    candidates = _mounts.get(key)
+    if candidates is None:
+        candidates = [(template, _template_regex(template)) for template in _find_mounts(outer, inner, 4)]
+        if len(_mounts) < 256:
+            _mounts[key] = candidates
+    return next((template for template, pattern in candidates if pattern.fullmatch(prefix)), "")
+
+
+_PARAM = re.compile(r"\{[^}]*\}")
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    """``/tenants/{tenant_id}`` -> a pattern that matches ``/tenants/acme``."""
+    return re.compile("[^/]+".join(re.escape(part) for part in _PARAM.split(template)))
+
+
+def _find_mounts(app: Any, inner: Any, depth: int) -> list[str]:
+    """Every chain of Mount paths from ``app`` down to ``inner``, at most ``depth`` mounts deep."""
+    if depth <= 0:
+        return []
+    found = []
+    for route in getattr(app, "routes", None) or ():
+        mounted = getattr(route, "app", None)
+        path = getattr(route, "path", None)
+        if mounted is None or path is None or not hasattr(route, "routes"):
+            continue  # not a Mount
+        if mounted is inner:
+            found.append(path)
+        found.extend(path + below for below in _find_mounts(mounted, inner, depth - 1))
+    return found
+
+
 class LeanASGIMiddleware:
     def __init__(self, app: Any, tracer: trace.Tracer | None, duration: Any, excluded: Any = None) -> None:
         self.app = app
@@ -141,12 +187,17 @@ class LeanASGIMiddleware:
         self._attrs: dict[tuple[str, str, int, str], dict[str, Any]] = {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or (self.excluded is not None and self.excluded.url_disabled(scope["path"])):
+        if (
+            scope["type"] != "http"
+            or _MEASURED in scope  # a FastAPI app mounted in one already measured: its request is the outer one's
+            or (self.excluded is not None and self.excluded.url_disabled(scope["path"]))
+        ):
             if scope["type"] == "lifespan":
                 await _flush_at_shutdown(self.app, scope, receive, send)
             else:
                 await self.app(scope, receive, send)
             return
+        scope[_MEASURED] = (scope.get("app"), scope.get("root_path", ""))
         method = scope.get("method", "_OTHER")
         span = token = None
         if self.tracer is not None:
@@ -193,6 +244,10 @@ class LeanASGIMiddleware:
     def _finish(self, scope: dict, method: str, code: int, span: Any, seconds: float) -> None:
         try:
             route = getattr(scope.get("route"), "path", None) or ""
+            outer, root_path = scope.get(_MEASURED) or (None, "")
+            now = scope.get("root_path", "")
+            if route and now != root_path and now.startswith(root_path):  # served by an app mounted in ours
+                route = _mount_path(outer, scope.get("app"), now[len(root_path) :]) + route
             if span is not None:
                 if route:
                     span.update_name(f"{method} {route}")
