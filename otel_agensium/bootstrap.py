@@ -149,11 +149,8 @@ def _say_ignored(handle: Handle, settings: Settings, overrides: dict[str, Any]) 
             "(it is set up once per process)"
         )
         return
-    changed = sorted(
-        name
-        for name in overrides
-        if overrides[name] is not None and settings.values[name] != handle.settings.values[name]
-    )
+    first, asked = handle.settings.values, settings.values  # each a dict built from every setting: once
+    changed = sorted(name for name, value in overrides.items() if value is not None and asked[name] != first[name])
     if changed and "changed" not in _said:
         _said.add("changed")
         _log.warning(

@@ -44,14 +44,14 @@ from celery import bootsteps, signals
 from celery.exceptions import Retry
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
-from opentelemetry.trace import Status, StatusCode, TracerProvider
+from opentelemetry.trace import TracerProvider
 
 from ..errors import guarded, report
 from ..integration import Integration
 from ..shutdown import worker_stopping
 from . import run_hook
 from .metrics import ProcessMetrics, TaskMetrics
-from .tracing import MAX_ARGS_REPR, TASK_ID_ATTRIBUTE, TASK_NAME_ATTRIBUTE, LeanCeleryTracing
+from .tracing import MAX_ARGS_REPR, TASK_ID_ATTRIBUTE, TASK_NAME_ATTRIBUTE, LeanCeleryTracing, mark_failed
 from .utils import SENT_AT_HEADER, BoundedLabels, queue_of
 
 _log = logging.getLogger("otel_agensium")
@@ -207,9 +207,8 @@ class CeleryIntegration(Integration):
             return  # SystemExit, KeyboardInterrupt...: the process is going away, not the task failing
         try:
             retry = isinstance(exc, Retry)
-            if span is not None and not retry and not isinstance(exc, tuple(getattr(task, "throws", ()) or ())):
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
+            if span is not None and not retry:
+                mark_failed(span, task, exc)
             if attrs is not None and self.metrics is not None:
                 self.metrics.count_outcome("RETRY" if retry else "FAILURE", attrs, seconds)
                 if not retry:

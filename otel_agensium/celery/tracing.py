@@ -133,6 +133,16 @@ def _end(open_spans: dict[str, tuple[Any, Any]], task_id: str | None) -> None:
         context.detach(token)
 
 
+def mark_failed(span: Any, task: Any, exception: BaseException) -> None:
+    """The run span of a task that raised: the exception event and an ERROR status, unless the
+    task declared the error expected (``Task.throws``), as the contrib instrumentor does."""
+    throws = getattr(task, "throws", ())
+    if throws and isinstance(exception, throws):
+        return
+    span.record_exception(exception)
+    span.set_status(Status(StatusCode.ERROR, str(exception)))
+
+
 class LeanCeleryTracing:
     """Connects the publish and run span handlers; ``uninstall()`` disconnects exactly those."""
 
@@ -204,14 +214,8 @@ class LeanCeleryTracing:
         self, sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
     ) -> None:
         entry = self._running.get(task_id) if task_id is not None else None
-        if entry is None or exception is None:
-            return
-        throws = getattr(sender, "throws", ())
-        if throws and isinstance(exception, throws):
-            return  # an expected error (Task.throws): not a failed span, as in contrib
-        span = entry[0]
-        span.record_exception(exception)
-        span.set_status(Status(StatusCode.ERROR, str(exception)))
+        if entry is not None and exception is not None:
+            mark_failed(entry[0], sender, exception)
 
     @guarded
     def _on_retry(self, request: Any = None, reason: Any = None, **_: Any) -> None:
